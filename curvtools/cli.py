@@ -1,0 +1,25 @@
+"""``curvtools``: the theory and diagnostics command.
+
+Subcommands live in their own modules, each with ``register(app)``:
+``cli_theory`` (curvature, two-layer Hessian, Lemma 1 on a quadratic model) and
+``cli_spectra`` (input-Hessian spectra and Lemma 1 on trained nets). Heavy imports (torch)
+happen inside the commands, so ``curvtools curvature`` starts fast.
+"""
+
+from __future__ import annotations
+
+from curvtools import cli_spectra, cli_theory
+from curvtools.clirun import new_app, run_app
+
+app = new_app("Activation curvature, the two-layer input Hessian (Eq. 2), Lemma 1 bounds, "
+              "and input-Hessian spectra of trained nets (Singla et al., ICCV 2021).")
+cli_theory.register(app)
+cli_spectra.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_app(app, "curvtools", argv)
+
+
+if __name__ == "__main__":
+    main()
