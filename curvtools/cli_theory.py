@@ -1,5 +1,181 @@
-"""Placeholder: filled in by its owner."""
+"""The theory commands of ``curvtools``: ``curvature`` (certified max f'') and ``twolayer``
+(Eq. 2 and Lemma 1 on random two-layer nets). Heavy imports happen inside the commands:
+``curvature`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from curvtools.errors import BadInput
+
+ACT_HELP = "activation name (see the registry), or 'all' for every built-in one"
 
 
-def register(app) -> None:
-    pass
+def _resolve_all(act: str, k: float | None, beta: float | None, alpha: float | None,
+                 expr: str | None) -> list:
+    from curvtools.activations import builtin_names, resolve
+
+    if act.strip().lower() == "all":
+        if any(v is not None for v in (k, beta, alpha, expr)):
+            raise BadInput("--act all uses default parameters; drop --k/--beta/--alpha/--expr")
+        return [resolve(name) for name in builtin_names()]
+    return [resolve(act, k=k, beta=beta, alpha=alpha, expr=expr)]
+
+
+def _check_output(path: Path | None, suffixes: tuple[str, ...], option: str) -> None:
+    if path is None:
+        return
+    if path.suffix.lower() not in suffixes:
+        raise BadInput(f"{option} {str(path)!r} must end in {' or '.join(suffixes)}")
+    if path.exists() and path.is_dir():
+        raise BadInput(f"{option} {str(path)!r} is a directory; give a file name")
+    if not path.parent.exists():
+        raise BadInput(f"{option} {str(path)!r}: folder {str(path.parent)!r} does not exist")
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _fmt(v: float) -> str:
+    return f"{v + 0.0:.10g}" if math.isfinite(v) else str(v)  # + 0.0 turns -0 into 0
+
+
+def _print_one(c) -> None:
+    print(f"== {c.label}")
+    print(f"  f(x)   = {c.f}")
+    print(f"  f'(x)  = {c.f1}")
+    print(f"  f''(x) = {c.f2}")
+    if c.max_upper == c.min_lower:  # piecewise linear: f'' is one constant off the kinks
+        print(f"  f'' = {_fmt(c.max_value)} everywhere away from the kinks")
+        print(f"  curvature = {_fmt(c.curvature)}  [{c.kind}]")
+        for note in c.notes:
+            print(f"  note: {note}")
+        return
+    arg = "|x| -> inf" if abs(c.argmax) >= 1024 else _fmt(c.argmax)
+    exact = f" = {c.max_exact} at x = {c.argmax_exact}" if c.max_exact else ""
+    print(f"  max f'' = {_fmt(c.max_value)}{exact} (argmax {arg}); certified enclosure "
+          f"[{_fmt(c.max_lower)}, {_fmt(c.max_upper)}]")
+    arg = "|x| -> inf" if abs(c.argmin) >= 1024 else _fmt(c.argmin)
+    print(f"  min f'' = {_fmt(c.min_value)} (argmin {arg}); certified enclosure "
+          f"[{_fmt(c.min_lower)}, {_fmt(c.min_upper)}]")
+    print(f"  curvature = {_fmt(c.curvature)}  [{c.kind}]")
+    for note in c.notes:
+        print(f"  note: {note}")
+
+
+def curvature_command(
+    act: str = typer.Option(..., "--act", help=ACT_HELP),
+    k: str | None = typer.Option(None, "--k", help="LeakyReLU negative slope k"),
+    beta: str | None = typer.Option(None, "--beta", help="PSwish / Softplus beta (> 0)"),
+    alpha: str | None = typer.Option(None, "--alpha", help="ELU alpha (> 0)"),
+    expr: str | None = typer.Option(None, "--expr", help="user activation in x (--act expr)"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the numbers to this file"),
+    plot: Path | None = typer.Option(None, "--plot",
+                                     help="draw f, f', f'' (Figure 2) to this .png/.pdf"),
+    tol: float = typer.Option(1e-9, "--tol", help="certified enclosure width (absolute)"),
+) -> None:
+    """f, f', f'' and the certified global max/min of f'' (the paper's curvature)."""
+    acts = _resolve_all(act, k, beta, alpha, expr)
+    _check_output(json_path, (".json",), "--json")
+    _check_output(plot, (".png", ".pdf"), "--plot")
+    if not (0 < tol < 1):
+        raise BadInput(f"--tol {tol} must be in (0, 1)")
+    from curvtools.symbolic import curvature
+
+    results = [curvature(a, tol=tol) for a in acts]
+    for c in results:
+        _print_one(c)
+    if len(results) > 1:
+        print("\nranked by curvature (highest first):")
+        for rank, c in enumerate(sorted(results, key=lambda r: -r.curvature), start=1):
+            print(f"  {rank:2d}. {c.label:18s} {_fmt(c.curvature):>14s}  {c.kind}")
+    if json_path is not None:
+        write_json_atomic(json_path, {"activations": [c.to_json() for c in results]})
+        print(f"wrote {json_path}")
+    if plot is not None:
+        from curvtools.figures import plot_activation_derivatives
+
+        plot_activation_derivatives(acts, plot)
+        print(f"wrote {plot}")
+
+
+def twolayer_command(
+    act: str = typer.Option(..., "--act", help="activation name (see the registry)"),
+    k: str | None = typer.Option(None, "--k", help="LeakyReLU negative slope k"),
+    beta: str | None = typer.Option(None, "--beta", help="PSwish / Softplus beta (> 0)"),
+    alpha: str | None = typer.Option(None, "--alpha", help="ELU alpha (> 0)"),
+    expr: str | None = typer.Option(None, "--expr", help="user activation in x (--act expr)"),
+    dim: int = typer.Option(10, "--dim", help="input dimension d"),
+    hidden: int = typer.Option(32, "--hidden", help="hidden width h"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    n: int = typer.Option(10, "--n", help="number of random nets / points"),
+    slsqp_starts: int = typer.Option(20, "--slsqp-starts",
+                                     help="SLSQP starts for the cross-check solver"),
+    json_path: Path | None = typer.Option(None, "--json", help="write the numbers to this file"),
+) -> None:
+    """Eq. 2 vs torch.func.hessian and Lemma 1 vs the exact minimal perturbation, random nets."""
+    if act.strip().lower() == "all":
+        raise BadInput("--act all is only for 'curvature'; give one activation")
+    (activation,) = _resolve_all(act, k, beta, alpha, expr)
+    for name, value, lo, hi in (("--dim", dim, 1, 2000), ("--hidden", hidden, 1, 20000),
+                                ("--n", n, 1, 100000), ("--slsqp-starts", slsqp_starts, 1, 1000)):
+        if not lo <= value <= hi:
+            raise BadInput(f"{name} {value} must be an integer in [{lo}, {hi}]")
+    _check_output(json_path, (".json",), "--json")
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from curvtools.twolayer import random_instance
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    with Progress(TextColumn("instances"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.speed} it/s"), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("twolayer", total=n)
+        for _ in range(n):
+            rows.append(random_instance(activation, dim, hidden, gen, slsqp_starts))
+            bar.advance(task)
+    head = ("c", "||g||", "nu", "g.u", "lower", "exact", "slsqp", "upper", "inside")
+    print(f"{activation.label}: d={dim} h={hidden} seed={seed}; quadratic model min ||delta||")
+    print(" ".join(f"{h:>11s}" for h in head))
+    inside_all = True
+    for r in rows:
+        slack = 1e-9 * max(1.0, r.exact) if math.isfinite(r.exact) else 0.0
+        inside = r.lower - slack <= r.exact <= r.upper + slack
+        inside_all &= inside
+        values = (r.c, r.g_norm, r.nu, r.g_dot_u, r.lower, r.exact, r.slsqp, r.upper)
+        print(" ".join(f"{v:11.5g}" for v in values) + f" {'yes' if inside else 'NO':>11s}")
+    eq2 = max(r.eq2_max_abs_err for r in rows)
+    grad = max(r.grad_max_abs_err for r in rows)
+    agree = max((abs(r.exact - r.slsqp) for r in rows if math.isfinite(r.exact)), default=0.0)
+    print(f"Eq. 2 vs torch.func.hessian: max abs error {eq2:.3g} (gradient {grad:.3g}); "
+          f"exact vs SLSQP max |diff| {agree:.3g}; all inside Lemma 1 bounds: {inside_all}")
+    if not activation.smooth:
+        print("note: the activation is not twice differentiable; Eq. 2 uses f'' away from kinks")
+    if json_path is not None:
+        write_json_atomic(json_path, {"activation": activation.config(), "dim": dim,
+                                      "hidden": hidden, "seed": seed,
+                                      "eq2_max_abs_err": eq2, "grad_max_abs_err": grad,
+                                      "all_inside_bounds": inside_all,
+                                      "instances": [r.to_json() for r in rows]})
+        print(f"wrote {json_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``curvature`` and ``twolayer`` to the ``curvtools`` app."""
+    app.command("curvature")(curvature_command)
+    app.command("twolayer")(twolayer_command)

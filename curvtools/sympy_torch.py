@@ -52,6 +52,8 @@ def _compile(x: sp.Symbol, e) -> Callable:
         return lambda t: t
     if e is sp.true or e is sp.S.true:
         return lambda t: torch.ones_like(t, dtype=torch.bool)
+    if e is sp.false or e is sp.S.false:  # a Piecewise branch sympy proved never taken
+        return lambda t: torch.zeros_like(t, dtype=torch.bool)
     if e.is_Number or e.is_NumberSymbol:
         value = float(e)
         return lambda t: torch.full_like(t, value)

@@ -1,0 +1,482 @@
+"""Symbolic derivatives of activations and their certified maximum curvature max_x f''(x).
+
+The paper (Sec. 4) defines the curvature of a smooth activation as ``max_x f''(x)``. This module
+computes f', f'', f''' with sympy and encloses the *global* maximum and minimum of f'' over the
+whole real line by interval branch and bound (:func:`certified_extremum`):
+
+* Every box ``[a, b]`` (also the unbounded tail boxes ``[L, inf)`` and ``(-inf, -L]``) gets an
+  upper bound ``U`` of f'' from rigorous interval arithmetic (:mod:`curvtools.interval`): the
+  natural extension, intersected on finite boxes with the mean-value form
+  ``f''(m) + f'''([a, b]) * ([a, b] - m)`` (second-order tight near a smooth maximum).
+* Every box midpoint gives a rigorous lower bound ``f''(m) >= lo(m)`` of the maximum.
+* The box with the largest ``U`` is split (finite boxes in halves, a tail ``[a, inf)`` into
+  ``[a, 2a]`` and ``[2a, inf)``); boxes whose ``U`` is below the best lower bound are dropped.
+  It stops when ``max U - best lower <= tol``: the global maximum then lies in
+  ``[best lower, max U]``, for every real x, tails included. If the budget runs out first the
+  (wider) enclosure is still rigorous and the result says ``certified=False``.
+
+Piecewise activations are split at their breakpoints and each piece is bounded on its closed
+interval (the supremum over an open piece is the maximum of the continuous extension over its
+closure), so for ELU the supremum alpha is found as the limit x -> 0-.
+
+An exact closed form is reported when a simple candidate (0, or sympy's ``nsimplify`` of the
+numeric argmax) is inside the certified argmax enclosure, makes f''' vanish exactly, and its
+value lies inside the certified value enclosure.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import sympy as sp
+
+from curvtools.activations import Activation, symbol_x
+from curvtools.errors import BadInput
+from curvtools.interval import interval_function
+
+TAIL_START = 8.0  # beyond |x| > 8 intersect several algebraic forms (dependency effects)
+WINDOW = 1024.0  # branch and bound on [-WINDOW, WINDOW]; beyond it one unbounded box per side
+
+
+@dataclass(frozen=True)
+class Derivatives:
+    """f and its first three derivatives (sympy, in the real symbol x)."""
+
+    x: sp.Symbol
+    f: sp.Expr
+    f1: sp.Expr
+    f2: sp.Expr
+    f3: sp.Expr
+    f1_simple: sp.Expr
+    f2_simple: sp.Expr
+
+
+def _simplify(e: sp.Expr) -> sp.Expr:
+    """A readable form; plain ``simplify`` is a few tenths of a second on the built-ins."""
+    if sp.count_ops(e) > 16:  # simplify can take seconds on Mish; a cheap tidy-up instead
+        s = sp.factor_terms(sp.together(e))
+        return s if sp.count_ops(s) <= sp.count_ops(e) else e
+    try:
+        s = sp.simplify(e)
+    except Exception:  # sympy may fail on exotic user expressions: keep the raw derivative
+        return e
+    return s if sp.count_ops(s) <= sp.count_ops(e) else e
+
+
+def _prepare(f: sp.Expr) -> sp.Expr:
+    """Rewrite Abs/Max/Min/sign/Heaviside as Piecewise so that pieces can be separated."""
+    if f.has(sp.Abs, sp.Max, sp.Min, sp.sign, sp.Heaviside):
+        f = sp.piecewise_fold(f.rewrite(sp.Piecewise))
+    return f
+
+
+@lru_cache(maxsize=64)
+def _derivatives_cached(f: sp.Expr) -> Derivatives:
+    x = symbol_x()
+    f = _prepare(f)
+    f1 = sp.diff(f, x)
+    f2 = sp.diff(f1, x)
+    f3 = sp.diff(f2, x)
+    return Derivatives(x, f, f1, f2, f3, _simplify(f1), _simplify(f2))
+
+
+def derivatives(act: Activation) -> Derivatives:
+    """f, f', f'', f''' of a registered activation (cached per expression).
+
+    Example::
+
+        >>> d = derivatives(resolve("lisht"))
+        >>> d.f2_simple   # -2*x*tanh(x)/cosh(x)**2 - 2*tanh(x)**2 + 2
+    """
+    return _derivatives_cached(act.expr())
+
+
+# --- pieces ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One smooth piece of a piecewise f'': ``expr`` holds on the open interval (lo, hi)."""
+
+    lo: float
+    hi: float
+    f2: sp.Expr
+    f3: sp.Expr
+
+
+def _breakpoints(e: sp.Expr, x: sp.Symbol) -> list[float]:
+    points: set[float] = set()
+    for pw in e.atoms(sp.Piecewise):
+        for _, cond in pw.args:
+            for rel in cond.atoms(sp.Rel):
+                sol = sp.solve(sp.Eq(rel.lhs, rel.rhs), x)
+                for s in sol:
+                    if s.is_real:
+                        points.add(float(s))
+    return sorted(points)
+
+
+def _piece_at(e: sp.Expr, x: sp.Symbol, t: float) -> sp.Expr:
+    """The branch of a (nested) Piecewise that holds at x = t."""
+    if not e.has(sp.Piecewise):
+        return e
+
+    def pick(node):
+        if isinstance(node, sp.Piecewise):
+            for val, cond in node.args:
+                if bool(cond.subs(x, t)):
+                    return pick(val)
+            return sp.nan
+        if not node.args:
+            return node
+        return node.func(*[pick(a) for a in node.args])
+
+    return pick(e)
+
+
+def pieces(d: Derivatives) -> list[Piece]:
+    """Split f'' into smooth pieces between the breakpoints of f (one piece if there are none)."""
+    x = d.x
+    cuts = _breakpoints(d.f, x)
+    edges = [-math.inf, *cuts, math.inf]
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        if math.isinf(lo) and math.isinf(hi):
+            probe = 0.0
+        elif math.isinf(lo):
+            probe = hi - 1.0
+        elif math.isinf(hi):
+            probe = lo + 1.0
+        else:
+            probe = (lo + hi) / 2
+        f2 = _piece_at(d.f2, x, probe)
+        f3 = _piece_at(d.f3, x, probe)
+        out.append(Piece(lo, hi, f2, f3))
+    return out
+
+
+def slope_jumps(d: Derivatives) -> list[tuple[float, float]]:
+    """``(x0, f'(x0+) - f'(x0-))`` at each breakpoint where f' jumps (a kink of f)."""
+    x = d.x
+    jumps = []
+    for x0 in _breakpoints(d.f, x):
+        # each side's branch, continued to x0 (one-sided limit of a continuous piece)
+        right = _piece_at(d.f1, x, x0 + 1e-9).subs(x, x0)
+        left = _piece_at(d.f1, x, x0 - 1e-9).subs(x, x0)
+        jump = float(right - left)
+        if abs(jump) > 0:
+            jumps.append((x0, jump))
+    return jumps
+
+
+# --- branch and bound --------------------------------------------------------------------------
+
+
+@dataclass
+class Extremum:
+    """A rigorous enclosure ``lower <= max <= upper`` (or of the min) over a set of pieces."""
+
+    lower: float
+    upper: float
+    argbest: float
+    certified: bool
+    boxes: int
+    arg_lo: float = field(default=math.nan)  # the surviving boxes' hull: contains every argmax
+    arg_hi: float = field(default=math.nan)
+    tails_certified: bool = False  # the interval bound of |x| > window settled the tails
+    tail_bound: float = math.nan  # that bound (an upper bound of the tails for a max)
+
+    maximize: bool = True
+
+    @property
+    def value(self) -> float:
+        """f'' at ``argbest``: attained, and within the tolerance of the extremum if certified."""
+        return self.lower if self.maximize else self.upper
+
+
+def certified_extremum(x: sp.Symbol, parts: list[Piece], *, maximize: bool = True,
+                       tol: float = 1e-9, window: float = WINDOW,
+                       max_boxes: int = 20000) -> Extremum:
+    """Enclose ``sup`` (or ``inf``) of f'' over the union of ``parts`` by interval B&B.
+
+    The branch and bound runs on ``[-window, window]``; the two tails beyond it are single
+    unbounded boxes bounded once by interval arithmetic (``tails_certified`` says whether that
+    bound settled them). Returns ``lower <= sup <= upper``; ``certified`` is True when
+    ``upper - lower <= tol`` (absolute, or relative for values above 1) was reached.
+    """
+    sign = 1.0 if maximize else -1.0
+    heap: list[tuple[float, float, float, int]] = []
+    best, best_x = -math.inf, math.nan
+    compiled = []
+    for p in parts:
+        f2 = interval_function(x, sign * p.f2)
+        alternatives = [f2]
+        for alt in {sp.factor(p.f2), sp.together(p.f2)} - {p.f2}:
+            try:
+                alternatives.append(interval_function(x, sign * alt))
+            except ValueError:
+                pass
+        compiled.append((f2, alternatives, interval_function(x, sign * p.f3)))
+
+    def slack() -> float:
+        return tol * max(1.0, abs(best))
+
+    def upper(a: float, b: float, i: int) -> float:
+        f2, alternatives, f3 = compiled[i]
+        if math.isinf(a) or math.isinf(b) or max(abs(a), abs(b)) > TAIL_START:
+            # far out, dependency effects differ between algebraic forms: intersect them all
+            return min(F(a, b)[1] for F in alternatives)
+        u = f2(a, b)[1]
+        if b > a:
+            m = (a + b) / 2
+            d_lo, d_hi = f3(a, b)
+            u = min(u, f2(m, m)[1] + max(abs(d_lo), abs(d_hi)) * (b - a) / 2)
+        return u
+
+    def probe(t: float, i: int) -> None:
+        nonlocal best, best_x
+        v = compiled[i][0](t, t)[0]
+        if v > best:
+            best, best_x = v, t
+
+    tails: list[tuple[float, float, int]] = []
+    for i, p in enumerate(parts):
+        lo, hi = max(p.lo, -window), min(p.hi, window)
+        if p.lo < -window:
+            tails.append((p.lo, -window, i))
+        if p.hi > window:
+            tails.append((window, p.hi, i))
+        if lo >= hi:
+            continue
+        for t in (lo, hi, (lo + hi) / 2, *_float_candidates(x, sign * parts[i].f2, lo, hi)):
+            probe(t, i)
+        for a, b in _initial_boxes(lo, hi):
+            heapq.heappush(heap, (-upper(a, b, i), a, b, i))
+    boxes = 0
+    top = best
+    while heap:
+        neg_u, a, b, i = heapq.heappop(heap)
+        top = -neg_u
+        if top - best <= slack() or boxes >= max_boxes:
+            heapq.heappush(heap, (neg_u, a, b, i))
+            break
+        for ca, cb in ((a, (a + b) / 2), ((a + b) / 2, b)):
+            boxes += 1
+            probe((ca + cb) / 2, i)
+            cu = upper(ca, cb, i)
+            if cu >= best - slack():
+                heapq.heappush(heap, (-cu, ca, cb, i))
+    else:
+        top = best
+    certified = top - best <= slack()
+    live = [(a, b) for neg_u, a, b, _ in heap if -neg_u >= best - slack()]
+    arg_lo = min((a for a, _ in live), default=best_x)
+    arg_hi = max((b for _, b in live), default=best_x)
+    tail_upper = max((upper(a, b, i) for a, b, i in tails), default=-math.inf)
+    tails_certified = tail_upper <= best + slack()
+    if not tails_certified and abs(best_x) >= window:
+        # still rising at the window's edge and the tails are unbounded by intervals: nothing
+        # finite is proven (e.g. f = x**3); report the rigorous [best, inf)
+        top, certified = tail_upper, False
+    if sign > 0:
+        return Extremum(best, top, best_x, certified, boxes, arg_lo, arg_hi, tails_certified,
+                        tail_upper)
+    return Extremum(-top, -best, best_x, certified, boxes, arg_lo, arg_hi, tails_certified,
+                    -tail_upper, maximize=False)
+
+
+def _float_candidates(x: sp.Symbol, f2: sp.Expr, lo: float, hi: float) -> list[float]:
+    """Approximate maximizers from a float grid + local refinement.
+
+    Only a head start: a good incumbent lets the branch and bound prune most boxes at once.
+    Correctness never depends on it (candidates are re-evaluated in interval arithmetic).
+    """
+    import numpy as np
+    from scipy.optimize import minimize_scalar
+
+    fn = sp.lambdify(x, f2, ["scipy", "numpy"])
+    a, b = max(lo, -40.0), min(hi, 40.0)
+    if a >= b:
+        return []
+    grid = np.linspace(a, b, 16001)
+    with np.errstate(all="ignore"):
+        values = np.asarray(fn(grid), dtype=float) * np.ones_like(grid)
+    values[~np.isfinite(values)] = -np.inf
+    k = int(np.argmax(values))
+    step = grid[1] - grid[0]
+    left, right = max(a, grid[k] - step), min(b, grid[k] + step)
+    if right <= left:
+        return [float(grid[k])]
+    with np.errstate(all="ignore"):
+        res = minimize_scalar(lambda t: -float(fn(t)), bounds=(left, right), method="bounded",
+                              options={"xatol": 1e-12})
+    return [float(grid[k]), float(res.x)]
+
+
+def _initial_boxes(lo: float, hi: float) -> list[tuple[float, float]]:
+    """Unit boxes near 0, then dyadic boxes outwards: few boxes for a wide window."""
+    cuts = {lo, hi}
+    edge = 1.0
+    while edge < max(abs(lo), abs(hi)):
+        cuts.update(c for c in (edge, -edge) if lo < c < hi)
+        edge *= 2
+    cuts.update(float(c) for c in range(-8, 9) if lo < c < hi)
+    ordered = sorted(cuts)
+    return list(zip(ordered[:-1], ordered[1:], strict=True))
+
+
+# --- exact closed forms ------------------------------------------------------------------------
+
+
+def _exact_value(d: Derivatives, piece: Piece, ext: Extremum) -> tuple[Any, Any] | None:
+    """(argmax, value) in closed form when a simple candidate is provably the critical point."""
+    x = d.x
+    if not math.isfinite(ext.argbest):
+        return None
+    candidates = [sp.Integer(0)]
+    try:
+        guess = sp.nsimplify(round(ext.argbest, 12), [sp.pi, sp.E], tolerance=1e-10)
+        candidates.append(guess)
+    except Exception:
+        pass
+    for edge in (piece.lo, piece.hi):  # sup at a piece boundary: the one-sided limit
+        if math.isfinite(edge) and abs(ext.argbest - edge) < 1e-12:
+            c = sp.nsimplify(edge)
+            value = sp.simplify(piece.f2.subs(x, c))
+            if ext.lower - 1e-9 <= float(value) <= ext.upper + 1e-9:
+                return c, value
+    for c in candidates:
+        cf = float(c)
+        if not (ext.arg_lo - 1e-12 <= cf <= ext.arg_hi + 1e-12 and piece.lo < cf < piece.hi):
+            continue
+        # only a structural zero counts (sympy's automatic evaluation, then expand): a
+        # numerically tiny f''' is not a proof, and full simplify can take minutes
+        slope = piece.f3.subs(x, c)
+        if slope != 0 and sp.expand(slope) != 0:
+            continue
+        value = piece.f2.subs(x, c)
+        if sp.count_ops(value) < 40:
+            value = sp.simplify(value)
+        fv = float(value)
+        if ext.lower - 1e-9 <= fv <= ext.upper + 1e-9:
+            return c, value
+    return None
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+@dataclass
+class Curvature:
+    """Curvature of one activation: max and min of f'' with arguments, and how they were found."""
+
+    label: str
+    smooth: bool
+    f: str
+    f1: str
+    f2: str
+    max_value: float
+    max_lower: float
+    max_upper: float
+    argmax: float
+    max_exact: str | None
+    argmax_exact: str | None
+    min_value: float
+    min_lower: float
+    min_upper: float
+    argmin: float
+    certified: bool
+    curvature: float  # the number used for ranking (max f'', or the paper's approximation)
+    kind: str  # "exact max f''", "sup over pieces", "approximate (slope difference)"
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _jsonable(v) for k, v in self.__dict__.items()}
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def curvature(act: Activation, tol: float = 1e-9) -> Curvature:
+    """Certified max/min of f'' for ``act`` (plus the paper's approximation for kinks).
+
+    Example::
+
+        >>> c = curvature(resolve("gelu"))
+        >>> c.max_exact, round(c.max_value, 4)     # ('sqrt(2)/sqrt(pi)', 0.7979)
+    """
+    key = (json.dumps(act.config(), sort_keys=True), tol)
+    if key not in _CACHE:  # the computation takes seconds; the doc, CLI and tests share it
+        _CACHE[key] = _curvature(act, tol)
+    return _CACHE[key]
+
+
+_CACHE: dict[tuple[str, float], Curvature] = {}
+
+
+def _curvature(act: Activation, tol: float) -> Curvature:
+    d = derivatives(act)
+    parts = pieces(d)
+    try:
+        top = certified_extremum(d.x, parts, maximize=True, tol=tol)
+        bottom = certified_extremum(d.x, parts, maximize=False, tol=tol)
+    except ValueError as err:  # a function the interval compiler has no rule for
+        raise BadInput(f"{act.label}: cannot bound f'' rigorously ({err})") from None
+    notes: list[str] = []
+    exact = None
+    piece_of_max = next((p for p in parts if p.lo <= top.argbest <= p.hi), parts[0])
+    exact = _exact_value(d, piece_of_max, top)
+    jumps = slope_jumps(d) if len(parts) > 1 else []
+    approx = act.approx_curvature()
+    if approx is not None:
+        kind = "approximate: slope difference at the kink (the paper's)"
+        value = approx
+        notes.append("non-smooth: f'' is 0 away from the kink and undefined at it; the paper's "
+                     "approximate curvature is used")
+    elif jumps and top.upper == bottom.lower:
+        # piecewise linear (a user LeakyReLU-like expression): the paper's slope difference
+        kind = "approximate: slope difference at the kink (the paper's)"
+        value = max(abs(j) for _, j in jumps)
+        notes.append("piecewise linear: f'' is constant away from the kinks; the largest slope "
+                     "jump is used as the paper's approximate curvature")
+    elif len(parts) > 1:
+        kind = "sup of f'' over the smooth pieces"
+        value = top.value
+        if jumps:
+            notes.append("f' jumps at " + ", ".join(f"x={a:g} (by {j:g})" for a, j in jumps)
+                         + ": f'' has a Dirac mass there, ignored")
+        else:
+            notes.append("C1 but not C2: f'' is discontinuous at "
+                         + ", ".join(f"{p.hi:g}" for p in parts[:-1])
+                         + "; the supremum is approached at a piece boundary, maybe not attained")
+    else:
+        kind = "max f'' (certified)" if top.certified else "max f'' (NOT certified, see bounds)"
+        value = top.value if exact is None else float(exact[1])
+    for ext, what in ((top, "max"), (bottom, "min")):
+        if not ext.tails_certified:
+            notes.append(f"{what}: certified by interval B&B on [-{WINDOW:g}, {WINDOW:g}]; "
+                         f"interval arithmetic could not bound |x| > {WINDOW:g} in one box, "
+                         f"which is left to the decay of f'' (see docs/theory.md)")
+        if abs(ext.argbest) >= WINDOW and not all(p.f2.is_number for p in parts):
+            notes.append(f"{what}: not attained; approached as |x| -> inf")
+    if not (top.certified and bottom.certified):
+        notes.append("NOT certified to tolerance: the enclosure is still rigorous but wider")
+    return Curvature(
+        label=act.label, smooth=len(parts) == 1 and act.smooth, f=str(d.f),
+        f1=str(d.f1_simple), f2=str(d.f2_simple),
+        max_value=top.value if exact is None else float(exact[1]),
+        max_lower=top.lower, max_upper=top.upper, argmax=top.argbest,
+        max_exact=None if exact is None else str(exact[1]),
+        argmax_exact=None if exact is None else str(exact[0]),
+        min_value=bottom.value, min_lower=bottom.lower, min_upper=bottom.upper,
+        argmin=bottom.argbest, certified=top.certified and bottom.certified,
+        curvature=value, kind=kind, notes=notes,
+    )
