@@ -1,5 +1,106 @@
-"""Placeholder: filled in by its owner."""
+"""``harness sweep SPEC``: run the missing runs of an experiment spec, skip finished ones.
+
+The planning and the execution live in :mod:`harness.sweep`; this module is the typer command.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
 
 
-def register(app) -> None:
-    pass
+def _plan_rows(plan) -> list[dict]:
+    return [{"name": r.name, "status": r.status, "epochs_done": r.epochs_done,
+             "epochs_total": r.epochs_total, "out_dir": str(r.out_dir), "detail": r.detail,
+             "settings": r.settings} for r in plan]
+
+
+def sweep(
+    spec: str = typer.Argument(..., help="Bundled spec name (table1-cifar10, table1-cifar100, "
+                               "table2-pswish, table3-leakyrelu, fig7-width) or a path to a "
+                               "spec .json file."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir",
+                                  help="Folder of run directories; runs go to "
+                                       "RUNS_DIR/SCALE/SPEC/RUN."),
+    scale: str = typer.Option("paper", "--scale",
+                              help="'paper' (the paper's settings) or a scale the spec defines, "
+                                   "e.g. 'mini' (CPU-sized)."),
+    only: list[str] = typer.Option(None, "--only",
+                                   help="Run only this run of the spec (repeatable)."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Print the plan (finished / resume / start) and exit."),
+    executor: str = typer.Option("local", "--executor",
+                                 help="Where runs execute: 'local' (one after another here)."),
+    data: str = typer.Option(None, "--data",
+                             help="Override every run's dataset, e.g. "
+                                  "imagefolder:/data/cifar10-jpg or cifar10."),
+    data_dir: str = typer.Option(None, "--data-dir",
+                                 help="Override every run's data_dir (download/cache folder)."),
+    set_: list[str] = typer.Option(None, "--set",
+                                   help="Override a TrainConfig field in every run, KEY=VALUE "
+                                        "(VALUE read as JSON if it parses), repeatable; e.g. "
+                                        "--set device=cuda --set epochs=1."),
+    keep_going: bool = typer.Option(False, "--keep-going",
+                                    help="After a failed run (e.g. diverged), go on with the "
+                                         "next; exit code 1 at the end if any failed."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Show each run's progress bar."),
+    json_path: Path = typer.Option(None, "--json",
+                                   help="Also write the plan (and the runs done) as JSON here."),
+) -> None:
+    """Run every missing run of SPEC in sequence; finished runs are skipped, unfinished resumed."""
+    from harness.sweep import (
+        STATUSES,
+        check_no_conflicts,
+        load_spec,
+        make_executor,
+        parse_settings,
+        plan_sweep,
+    )
+
+    spec_obj = load_spec(spec)
+    settings = parse_settings(set_ or [])
+    if data is not None:
+        settings["dataset"] = data
+    if data_dir is not None:
+        settings["data_dir"] = data_dir
+    runner = make_executor(executor, progress=progress, keep_going=keep_going)
+    plan = plan_sweep(spec_obj, runs_dir, scale, only=only or None, settings=settings)
+    counts = {s: sum(r.status == s for r in plan) for s in STATUSES}
+    print(f"spec {spec_obj.name} ({spec_obj.source}), scale {scale}: {len(plan)} runs; "
+          + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    for run in plan:
+        print("  " + run.describe())
+    res = spec_obj.resources_for(scale)
+    if res:
+        print("  resources per run: " + ", ".join(f"{k}={v}" for k, v in res.items()))
+    ran: list[str] = []
+    failed: dict[str, str] = {}
+    if not dry_run:
+        check_no_conflicts(plan)
+        from harness.train import TrainingDiverged
+
+        try:
+            ran = runner.execute(plan)
+        except TrainingDiverged as err:  # as `harness train`: one line, exit code 3
+            print(f"error: {err} (rerun with --keep-going to go on with the other runs)",
+                  file=sys.stderr)
+            raise typer.Exit(3) from None
+        failed = getattr(runner, "failed", {})
+        print(f"sweep {spec_obj.name}: finished {len(ran)} runs, {len(failed)} failed, "
+              f"{counts['finished']} were already finished")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"spec": spec_obj.name, "scale": scale,
+                                         "dry_run": dry_run, "plan": _plan_rows(plan),
+                                         "ran": ran, "failed": failed}, indent=2))
+    if failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``sweep`` command to the ``harness`` app."""
+    app.command("sweep")(sweep)

@@ -1,0 +1,210 @@
+"""Experiment specs: which training runs each table and figure of the paper needs.
+
+A spec is a JSON file (bundled ones live in ``paper_figs/specs/``)::
+
+    {"name": "table1-cifar10",
+     "description": "...",
+     "defaults": {<TrainConfig fields shared by every run>},
+     "runs": [{"name": "relu", "overrides": {"act": "relu"}}, ...],
+     "resources": {"gpus": 1, "hours": 0.5},            # per run, for a scheduler
+     "scales": {"mini": {"description": "...",
+                         "defaults": {<overrides applied on top of defaults>},
+                         "run_overrides": {"relu": {...}},   # optional, per run
+                         "only": ["relu", ...],              # optional subset of runs
+                         "resources": {...}}}}
+
+A run's config is ``defaults | scale.defaults | run.overrides | scale.run_overrides[run]``
+(later wins). The scale ``"paper"`` is the spec as written (no scale section needed).
+
+Run directories are laid out as ``RUNS_DIR/SCALE/SPEC/RUN`` (see :func:`run_dir`), so runs of
+different scales never mix. This module reads JSON only (no torch, no harness): both
+``harness sweep`` and ``python -m paper_figs`` use it.
+
+Example::
+
+    >>> spec = load_spec("table1-cifar10")
+    >>> [name for name, _ in spec.run_configs("paper")][:2]
+    ['relu', 'lisht']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from curvtools.errors import BadInput
+
+PAPER_SCALE = "paper"
+
+# Bundled specs write relative ``imagefolder:`` paths (the CIFAR-10 JPEG copy beside the
+# checkout); they are relative to the repository root, not to the caller's working directory.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A named variant of a spec (e.g. ``mini`` for CPU)."""
+
+    name: str
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    run_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    only: tuple[str, ...] | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed experiment spec (see the module docstring for the file format)."""
+
+    name: str
+    description: str
+    defaults: dict[str, Any]
+    runs: tuple[tuple[str, dict[str, Any]], ...]
+    resources: dict[str, Any]
+    scales: dict[str, Scale]
+    source: str = ""
+
+    def scale_names(self) -> list[str]:
+        """The scales this spec offers; ``paper`` always comes first."""
+        return [PAPER_SCALE, *self.scales]
+
+    def scale(self, name: str) -> Scale:
+        """The named scale; ``paper`` is the spec as written."""
+        if name == PAPER_SCALE:
+            return Scale(PAPER_SCALE, resources=dict(self.resources))
+        if name not in self.scales:
+            raise BadInput(f"spec {self.name!r} has no scale {name!r}; "
+                           f"available: {', '.join(self.scale_names())}")
+        return self.scales[name]
+
+    def run_names(self, scale: str = PAPER_SCALE) -> list[str]:
+        """Names of the runs at this scale, in spec order."""
+        sc = self.scale(scale)
+        names = [name for name, _ in self.runs]
+        return names if sc.only is None else [n for n in names if n in sc.only]
+
+    def run_configs(self, scale: str = PAPER_SCALE) -> list[tuple[str, dict[str, Any]]]:
+        """``[(run name, merged config dict)]`` at this scale (no validation of the fields)."""
+        sc = self.scale(scale)
+        keep = set(self.run_names(scale))
+        out = []
+        for name, overrides in self.runs:
+            if name not in keep:
+                continue
+            cfg = {**self.defaults, **sc.defaults, **overrides, **sc.run_overrides.get(name, {})}
+            out.append((name, resolve_relative_data(cfg)))
+        return out
+
+    def resources_for(self, scale: str = PAPER_SCALE) -> dict[str, Any]:
+        """Per-run resources at this scale (scale entries override the spec's)."""
+        return {**self.resources, **self.scale(scale).resources}
+
+
+def resolve_relative_data(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Make a relative ``imagefolder:PATH`` dataset absolute, relative to the repository root."""
+    dataset = cfg.get("dataset")
+    if isinstance(dataset, str) and dataset.startswith("imagefolder:"):
+        path = Path(dataset.split(":", 1)[1])
+        if not path.is_absolute():
+            cfg = {**cfg, "dataset": f"imagefolder:{(REPO_ROOT / path).resolve()}"}
+    return cfg
+
+
+def bundled_spec_names() -> list[str]:
+    """Names of the specs shipped in ``paper_figs/specs/`` (file stems), sorted."""
+    folder = resources.files("paper_figs") / "specs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_spec(name_or_path: str | Path) -> Spec:
+    """Load a bundled spec by name (``table1-cifar10``) or a spec file by path.
+
+    Raises :class:`BadInput` when the spec is unknown or malformed.
+    """
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise BadInput(f"spec file {text!r} does not exist")
+        raw, source = path.read_text(), str(path)
+    else:
+        folder = resources.files("paper_figs") / "specs"
+        entry = folder / f"{text}.json"
+        if not entry.is_file():
+            raise BadInput(f"unknown spec {text!r}; bundled: {', '.join(bundled_spec_names())} "
+                           "(or give a path to a .json file)")
+        raw, source = entry.read_text(), f"paper_figs/specs/{text}.json"
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise BadInput(f"spec {source}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    return parse_spec(data, source)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadInput(f"{where} must be a JSON object")
+    return dict(value)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> Spec:
+    """Validate the structure of a spec dict (not the TrainConfig fields) and build a Spec."""
+    if not isinstance(data, dict):
+        raise BadInput(f"spec {source}: must be a JSON object")
+    unknown = set(data) - {"name", "description", "defaults", "runs", "resources", "scales"}
+    if unknown:
+        raise BadInput(f"spec {source}: unknown keys {sorted(unknown)}; allowed: name, "
+                       "description, defaults, runs, resources, scales")
+    name = data.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise BadInput(f"spec {source}: 'name' must be a non-empty string without '/'")
+    runs_raw = data.get("runs")
+    if not isinstance(runs_raw, list) or not runs_raw:
+        raise BadInput(f"spec {source}: 'runs' must be a non-empty list")
+    runs: list[tuple[str, dict[str, Any]]] = []
+    for i, run in enumerate(runs_raw):
+        if not isinstance(run, dict) or not isinstance(run.get("name"), str) or not run["name"]:
+            raise BadInput(f"spec {source}: runs[{i}] needs a non-empty 'name'")
+        if "/" in run["name"] or run["name"] in {r for r, _ in runs}:
+            raise BadInput(f"spec {source}: run name {run['name']!r} is repeated or has '/'")
+        runs.append((run["name"], _mapping(run.get("overrides"), f"{source} runs[{i}].overrides")))
+    scales = {}
+    for sname, sraw in _mapping(data.get("scales"), f"{source} scales").items():
+        scales[sname] = _parse_scale(sname, sraw, {r for r, _ in runs}, source)
+    return Spec(name=name, description=str(data.get("description", "")),
+                defaults=_mapping(data.get("defaults"), f"{source} defaults"), runs=tuple(runs),
+                resources=_mapping(data.get("resources"), f"{source} resources"), scales=scales,
+                source=source)
+
+
+def _parse_scale(name: str, raw: Any, run_names: set[str], source: str) -> Scale:
+    where = f"spec {source}: scale {name!r}"
+    if name == PAPER_SCALE:
+        raise BadInput(f"{where}: 'paper' is the spec as written and cannot be redefined")
+    raw = _mapping(raw, where)
+    unknown = set(raw) - {"description", "defaults", "run_overrides", "only", "resources"}
+    if unknown:
+        raise BadInput(f"{where}: unknown keys {sorted(unknown)}")
+    run_overrides = {k: _mapping(v, f"{where} run_overrides[{k}]")
+                     for k, v in _mapping(raw.get("run_overrides"), where).items()}
+    only = raw.get("only")
+    if only is not None:
+        if not isinstance(only, list) or not only:
+            raise BadInput(f"{where}: 'only' must be a non-empty list of run names")
+        only = tuple(only)
+    for run in [*run_overrides, *(only or ())]:
+        if run not in run_names:
+            raise BadInput(f"{where}: names unknown run {run!r}")
+    return Scale(name, str(raw.get("description", "")), _mapping(raw.get("defaults"), where),
+                 run_overrides, only, _mapping(raw.get("resources"), where))
+
+
+def run_dir(runs_dir: str | Path, scale: str, spec_name: str, run_name: str) -> Path:
+    """Where a run of a spec lives: ``RUNS_DIR/SCALE/SPEC/RUN``."""
+    return Path(runs_dir) / scale / spec_name / run_name

@@ -1,0 +1,264 @@
+"""Tables 1-3 of the paper from run directories, as Markdown and CSV, beside the paper's numbers.
+
+Column definitions (all in percent; accuracies in metrics.jsonl are fractions):
+
+* Final Train: the last epoch's training accuracy, robust = on the PGD examples the training
+  attack made during that epoch (``train_robust_acc``), standard = ``train_clean_acc``.
+* Final Test: the last epoch's test accuracy (``test_robust_acc`` / ``test_clean_acc``, with the
+  run's per-epoch evaluation attack). When the run directory holds ``eval_last.json``
+  (``harness eval --ckpt RUN/last.pt --json RUN/eval_last.json``, the paper's PGD-20 with 5
+  restarts) that is used instead; a footnote says which rows did.
+* Best Val: the paper's caption says it "use[s] the best checkpoint based on best robust accuracy
+  on the validation set", and its text compares Best Val with Final Test as "the gap due to robust
+  overfitting (decay in performance from peak robust accuracy)" (e.g. LiSHT 50.31 - 47.21 = 3.1).
+  So the column is the **test** accuracy of the checkpoint from the epoch with the highest
+  **validation robust** accuracy (early stopping on the validation split), robust and standard
+  both taken at that one epoch -- not the validation accuracy itself. ``eval_best.json``
+  (``harness eval --ckpt RUN/best.pt``) is preferred when present.
+* Diff: Final Train - Final Test (the generalization gap).
+* Regime: how far training fit the training set (final train clean / robust accuracy), because a
+  small gap can come from underfitting (see PROTOCOL.md): ``underfit`` when train clean accuracy
+  < 60%, ``interpolates`` when >= 95%, ``partial fit`` in between.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paper_figs import paper_numbers
+from paper_figs.rundir import RunData
+from paper_figs.runsets import ACT_LABELS, Context
+from paper_figs.specs import load_spec
+
+KINDS = ("robust", "standard")
+COLUMN_TITLES = {"final_train": "Final Train", "final_test": "Final Test",
+                 "best_val": "Best Val", "diff": "Diff."}
+UNDERFIT_BELOW, INTERPOLATES_FROM = 60.0, 95.0
+
+
+def pct(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def fit_regime(train_clean_pct: float | None) -> str:
+    """``underfit`` (< 60% train clean), ``partial fit``, or ``interpolates`` (>= 95%)."""
+    if train_clean_pct is None:
+        return "unknown"
+    if train_clean_pct < UNDERFIT_BELOW:
+        return "underfit"
+    return "interpolates" if train_clean_pct >= INTERPOLATES_FROM else "partial fit"
+
+
+@dataclass
+class TableLine:
+    """One row of a table: our numbers (percent, None = not available) and the paper's."""
+
+    group: str
+    label: str
+    run: str
+    ours: dict[str, dict[str, float | None]] | None
+    paper: dict[str, dict[str, float]] | None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def run_numbers(run: RunData) -> tuple[dict[str, dict[str, float | None]], dict[str, Any]]:
+    """Our Table columns (percent) for one run, and how they were obtained."""
+    keys = {"robust": ("train_robust_acc", "test_robust_acc", "robust_acc"),
+            "standard": ("train_clean_acc", "test_clean_acc", "clean_acc")}
+    best = run.best_val_row
+    ours: dict[str, dict[str, float | None]] = {}
+    for kind, (train_key, test_key, eval_key) in keys.items():
+        train = pct(run.final(train_key))
+        test = pct(run.final(test_key))
+        if run.eval_last and run.eval_last.get(eval_key) is not None:
+            test = pct(run.eval_last[eval_key])
+        best_val = pct(best.get(test_key)) if best else None
+        if run.eval_best and run.eval_best.get(eval_key) is not None:
+            best_val = pct(run.eval_best[eval_key])
+        diff = None if train is None or test is None else train - test
+        ours[kind] = {"final_train": train, "final_test": test, "best_val": best_val,
+                      "diff": diff}
+    meta = {
+        "epochs_done": run.epochs_done, "epochs_total": run.epochs_total,
+        "finished": run.finished, "best_val_epoch": run.best_val_epoch,
+        "best_val_robust_acc_on_val": pct(best.get("val_robust_acc")) if best else None,
+        "final_test_source": (f"{run.eval_last['file']} ({run.eval_last['attack']})"
+                              if run.eval_last else "metrics.jsonl (per-epoch eval attack)"),
+        "best_val_source": (f"{run.eval_best['file']} ({run.eval_best['attack']})"
+                            if run.eval_best else "metrics.jsonl (per-epoch eval attack)"),
+        "regime": fit_regime(ours["standard"]["final_train"]),
+        "run_dir": str(run.path),
+        "dataset": _dataset(run.config),
+    }
+    return ours, meta
+
+
+def _dataset(config: dict[str, Any]) -> str | None:
+    for scope in (config.get("train_config"), config):
+        if isinstance(scope, dict) and isinstance(scope.get("dataset"), str):
+            return scope["dataset"]
+    return None
+
+
+def _lines_for(ctx: Context, entry: str, spec_name: str, group: str, label_of, paper_of
+               ) -> list[TableLine]:
+    spec = load_spec(spec_name)
+    lines = []
+    if ctx.scale not in spec.scale_names():
+        ctx.missing.setdefault(entry, []).append(
+            f"{spec_name}: no runs at scale {ctx.scale!r} (spec scales: "
+            f"{', '.join(spec.scale_names())})")
+    for name, (cfg, run) in ctx.runs(spec_name).items():
+        ours, meta = (None, {}) if run is None else run_numbers(run)
+        if run is None:
+            ctx.note_missing(entry, spec_name, name)
+        lines.append(TableLine(group, label_of(cfg), f"{spec_name}/{name}", ours,
+                               paper_of(cfg), meta))
+    return lines
+
+
+def table1_lines(ctx: Context) -> list[TableLine]:
+    """Table 1: CIFAR-10 and CIFAR-100 x activation, rows in the paper's order."""
+    order = list(paper_numbers.TABLE1["cifar10"])  # lisht, relu, gelu, mish, silu
+    lines = []
+    for dataset in ("cifar10", "cifar100"):
+        block = _lines_for(ctx, "table1", f"table1-{dataset}", dataset.upper().replace("CIFAR",
+                           "CIFAR-"), lambda c: ACT_LABELS.get(c["act"], c["act"]),
+                           lambda c, d=dataset: paper_numbers.TABLE1[d].get(c["act"]))
+        block.sort(key=lambda ln: order.index(ln.run.split("/")[1])
+                   if ln.run.split("/")[1] in order else len(order))
+        lines += block
+    return lines
+
+
+def table2_lines(ctx: Context) -> list[TableLine]:
+    """Table 2: PSwish with beta in {0.5, 1, 2, 4, 10}."""
+    return _lines_for(ctx, "table2", "table2-pswish", "CIFAR-10",
+                      lambda c: f"{float(c['beta']):g}",
+                      lambda c: paper_numbers.TABLE2.get(float(c["beta"])))
+
+
+def table3_lines(ctx: Context) -> list[TableLine]:
+    """Table 3: LeakyReLU with k in {0.5, 0.3, 0.2, 0, -0.2}."""
+    return _lines_for(ctx, "table3", "table3-leakyrelu", "CIFAR-10",
+                      lambda c: f"{float(c['k']):g}",
+                      lambda c: paper_numbers.TABLE3.get(float(c["k"])))
+
+
+def _cell(ours: float | None, paper: float | None) -> str:
+    mine = "—" if ours is None else f"{ours:.2f}"
+    return mine if paper is None else f"{mine} ({paper:g})"
+
+
+def to_markdown(title: str, first_column: str, lines: list[TableLine],
+                columns: tuple[str, ...], scale: str) -> str:
+    """The table as Markdown: each cell 'ours (paper)', then regime columns and footnotes."""
+    head = ["Dataset", first_column]
+    for kind in KINDS:
+        head += [f"{kind.capitalize()} {COLUMN_TITLES[c]}" for c in columns]
+    head += ["Train clean / robust", "Regime", "Epochs", "Best-val epoch"]
+    out = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    marks: list[str] = []
+    for ln in lines:
+        cells = [ln.group, ln.label]
+        for kind in KINDS:
+            for c in columns:
+                mine = ln.ours[kind][c] if ln.ours else None
+                paper = ln.paper[kind].get(c) if ln.paper else None
+                cells.append(_cell(mine, paper))
+        if ln.ours:
+            m = ln.meta
+            tc, tr = ln.ours["standard"]["final_train"], ln.ours["robust"]["final_train"]
+            fit = "—" if tc is None or tr is None else f"{tc:.1f} / {tr:.1f}"
+            epochs = f"{m['epochs_done']}/{m['epochs_total'] or '?'}"
+            if not m["finished"]:
+                epochs += " (partial)"
+            cells += [fit, m["regime"], epochs, str(m["best_val_epoch"] or "—")]
+            if m["final_test_source"].startswith("eval_") or \
+                    m["best_val_source"].startswith("eval_"):
+                marks.append(f"{ln.group} {ln.label}: Final Test from {m['final_test_source']}, "
+                             f"Best Val from {m['best_val_source']}")
+        else:
+            cells += ["—", "missing", "—", "—"]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Cells: ours (paper), percent. " + _definitions(columns)]
+    datasets = sorted({ln.meta["dataset"] for ln in lines if ln.meta.get("dataset")})
+    if datasets:
+        jpeg = any("cifar10-jpg" in d for d in datasets)
+        out.append("Data (from the runs' config.json): " + ", ".join(datasets)
+                   + (" -- the CIFAR-10 JPEG copy (lossy re-encoding): label results "
+                      "'CIFAR-10 (JPEG copy)'." if jpeg else "."))
+    if scale != "paper":
+        out.append(f"Scale {scale!r}: a reduced CPU setting; its numbers are not comparable "
+                   "with the paper's, only the trends across rows are.")
+    if marks:
+        out.append("Evaluation files used: " + "; ".join(marks) + ". All other numbers come "
+                   "from metrics.jsonl (the run's per-epoch evaluation attack).")
+    else:
+        out.append("All numbers come from metrics.jsonl (the run's per-epoch evaluation attack, "
+                   "not the paper's PGD-20x5 report; run `harness eval` to add eval_last.json "
+                   "/ eval_best.json).")
+    return "\n".join(out) + "\n"
+
+
+def _definitions(columns: tuple[str, ...]) -> str:
+    text = ("Final Train/Test: last epoch (robust = PGD accuracy). Diff. = Final Train - Final "
+            "Test. ")
+    if "best_val" in columns:
+        text += ("Best Val: test accuracy of the checkpoint from the epoch with the highest "
+                 "validation robust accuracy (early stopping on the 10% validation split). ")
+    text += (f"Regime: underfit if final train clean accuracy < {UNDERFIT_BELOW:g}%, "
+             f"interpolates if >= {INTERPOLATES_FROM:g}%, else partial fit.")
+    return text
+
+
+def write_csv(path: Path, lines: list[TableLine], columns: tuple[str, ...]) -> None:
+    """One CSV row per table row: ours_*, paper_* and the run's regime and sources."""
+    fields = ["group", "label", "run", "status"]
+    for who in ("ours", "paper"):
+        fields += [f"{who}_{kind}_{c}" for kind in KINDS for c in columns]
+    meta_keys = ["epochs_done", "epochs_total", "finished", "best_val_epoch",
+                 "best_val_robust_acc_on_val", "regime", "final_test_source", "best_val_source",
+                 "dataset", "run_dir"]
+    fields += meta_keys
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for ln in lines:
+            row: dict[str, Any] = {"group": ln.group, "label": ln.label, "run": ln.run,
+                                   "status": "missing" if ln.ours is None else
+                                   ("finished" if ln.meta["finished"] else "partial")}
+            for kind in KINDS:
+                for c in columns:
+                    mine = ln.ours[kind][c] if ln.ours else None
+                    row[f"ours_{kind}_{c}"] = "" if mine is None else f"{mine:.4f}"
+                    paper = ln.paper[kind].get(c) if ln.paper else None
+                    row[f"paper_{kind}_{c}"] = "" if paper is None else paper
+            row.update({k: ln.meta.get(k, "") for k in meta_keys})
+            writer.writerow(row)
+
+
+TABLES = {
+    "table1": ("Table 1: activations on CIFAR-10 and CIFAR-100 (PreActResNet-18)", "Activation",
+               table1_lines, paper_numbers.TABLE1_COLUMNS),
+    "table2": ("Table 2: PSwish with different beta (CIFAR-10, final checkpoint)", "beta",
+               table2_lines, paper_numbers.TABLE23_COLUMNS),
+    "table3": ("Table 3: LeakyReLU with different slope k (CIFAR-10, final checkpoint)", "k",
+               table3_lines, paper_numbers.TABLE23_COLUMNS),
+}
+
+
+def render_table(ctx: Context, name: str) -> list[Path]:
+    """Write ``name``.md and ``name``.csv into ``ctx.out_dir``; [] when no run exists."""
+    title, first, build, columns = TABLES[name]
+    lines = build(ctx)
+    if not any(ln.ours for ln in lines):
+        return []
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv_path = ctx.out_dir / f"{name}.md", ctx.out_dir / f"{name}.csv"
+    md.write_text(to_markdown(title, first, lines, columns, ctx.scale))
+    write_csv(csv_path, lines, columns)
+    return [md, csv_path]

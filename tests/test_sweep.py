@@ -1,0 +1,245 @@
+"""harness sweep: specs parse, planning skips finished runs and resumes unfinished ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from curvtools.errors import BadInput
+from harness import sweep as sweep_mod
+from harness.sweep import LocalExecutor, parse_settings, plan_sweep
+from harness.train import TrainConfig
+from paper_figs.specs import REPO_ROOT, bundled_spec_names, load_spec, parse_spec, run_dir
+
+SPEC = {
+    "name": "toy",
+    "description": "five runs in five states",
+    "defaults": {"dataset": "digits", "arch": "preactresnet18", "width": 0.125, "epochs": 4},
+    "runs": [{"name": n, "overrides": {"act": a}} for n, a in
+             [("done", "relu"), ("alldone", "silu"), ("half", "gelu"), ("crashed", "mish"),
+              ("new", "lisht")]],
+    "resources": {"gpus": 1, "hours": 0.1},
+    "scales": {"mini": {"defaults": {"epochs": 2}, "only": ["done", "new"]}},
+}
+
+
+def fake_config(settings):
+    """Stands in for TrainConfig.from_dict: a plain dict, no validation, no torch."""
+    return dict(settings)
+
+
+def write_run(path: Path, act: str, epochs_done: int, *, done=False, last=False, rows=True):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(
+        {"train_config": {"dataset": "digits", "act": act, "epochs": 4, "device": "cpu"}}))
+    if rows:
+        (path / "metrics.jsonl").write_text(
+            "".join(json.dumps({"epoch": e, "test_robust_acc": 0.1}) + "\n"
+                    for e in range(1, epochs_done + 1)))
+    if done:
+        (path / "DONE").write_text("{}")
+    if last:
+        (path / "last.pt").write_bytes(b"checkpoint")
+
+
+@pytest.fixture
+def toy(tmp_path):
+    spec = parse_spec(SPEC, "toy.json")
+    runs = tmp_path / "runs"
+    d = lambda name: run_dir(runs, "paper", "toy", name)  # noqa: E731
+    write_run(d("done"), "relu", 4, done=True, last=True)
+    write_run(d("alldone"), "silu", 4, last=True)  # all epochs in metrics.jsonl, no DONE
+    write_run(d("half"), "gelu", 2, last=True)
+    write_run(d("crashed"), "mish", 0, rows=False)  # died in epoch 1: config.json only
+    return spec, runs
+
+
+def test_plan_skips_finished_resumes_unfinished_and_starts_missing(toy):
+    spec, runs = toy
+    plan = plan_sweep(spec, runs, config_builder=fake_config)
+    status = {p.name: (p.status, p.epochs_done, p.epochs_total) for p in plan}
+    assert status == {"done": ("finished", 4, 4), "alldone": ("finished", 4, 4),
+                      "half": ("resume", 2, 4), "crashed": ("restart", 0, 4),
+                      "new": ("start", 0, 4)}
+    assert [p.needs_work for p in plan] == [False, False, True, True, True]
+    assert plan[4].out_dir == runs / "paper" / "toy" / "new"
+
+
+def test_local_executor_runs_only_unfinished_runs_with_the_right_flags(toy):
+    spec, runs = toy
+    calls = []
+
+    def fake_runner(cfg, out_dir, *, resume, overwrite, progress):
+        calls.append((cfg["act"], Path(out_dir).name, resume, overwrite))
+
+    plan = plan_sweep(spec, runs, config_builder=fake_config)
+    ran = LocalExecutor(runner=fake_runner, log=lambda s: None).execute(plan)
+    assert ran == ["half", "crashed", "new"]
+    assert calls == [("gelu", "half", True, False), ("mish", "crashed", False, True),
+                     ("lisht", "new", False, False)]
+
+
+def test_keep_going_records_a_failed_run_and_runs_the_next(toy):
+    spec, runs = toy
+    calls = []
+
+    def flaky_runner(cfg, out_dir, **kw):
+        calls.append(Path(out_dir).name)
+        if Path(out_dir).name == "half":
+            raise RuntimeError("training diverged")
+
+    plan = plan_sweep(spec, runs, config_builder=fake_config)
+    with pytest.raises(RuntimeError):
+        LocalExecutor(runner=flaky_runner, log=lambda s: None).execute(plan)
+    assert calls == ["half"]
+    executor = LocalExecutor(runner=flaky_runner, log=lambda s: None, keep_going=True)
+    assert executor.execute(plan) == ["crashed", "new"]
+    assert executor.failed == {"half": "RuntimeError: training diverged"}
+
+
+def test_a_directory_holding_another_run_is_a_conflict_and_nothing_runs(toy):
+    spec, runs = toy
+    other = run_dir(runs, "paper", "toy", "new")
+    write_run(other, "relu", 1, last=True)  # the spec says lisht
+    plan = plan_sweep(spec, runs, config_builder=fake_config)
+    assert plan[-1].status == "conflict" and "act" in plan[-1].detail
+    calls = []
+    with pytest.raises(BadInput, match="holds a different run"):
+        LocalExecutor(runner=lambda *a, **k: calls.append(a), log=lambda s: None).execute(plan)
+    assert calls == []
+
+
+def test_resumable_settings_may_differ_without_conflict(toy):
+    spec, runs = toy
+    plan = plan_sweep(spec, runs, settings={"device": "cuda", "epochs": 6},
+                      config_builder=fake_config)
+    assert {p.name: p.status for p in plan}["alldone"] == "resume"  # 4 of 6 epochs: go on
+
+
+def test_done_marker_of_a_shorter_run_does_not_count_as_finished(toy):
+    spec, runs = toy
+    (run_dir(runs, "paper", "toy", "done") / "DONE").write_text('{"epochs": 4}')
+    status = lambda plan: {p.name: p.status for p in plan}["done"]  # noqa: E731
+    assert status(plan_sweep(spec, runs, config_builder=fake_config)) == "finished"
+    longer = plan_sweep(spec, runs, settings={"epochs": 8}, config_builder=fake_config)
+    assert status(longer) == "resume"
+
+
+def test_scale_applies_its_overrides_and_run_subset(tmp_path):
+    spec = parse_spec(SPEC, "toy.json")
+    plan = plan_sweep(spec, tmp_path, scale="mini", config_builder=fake_config)
+    assert [(p.name, p.config["epochs"]) for p in plan] == [("done", 2), ("new", 2)]
+    assert plan[0].out_dir == tmp_path / "mini" / "toy" / "done"
+    with pytest.raises(BadInput, match="no scale 'huge'"):
+        plan_sweep(spec, tmp_path, scale="huge", config_builder=fake_config)
+    with pytest.raises(BadInput, match="--only 'nope'"):
+        plan_sweep(spec, tmp_path, only=["nope"], config_builder=fake_config)
+
+
+@pytest.mark.parametrize("name", bundled_spec_names())
+def test_bundled_specs_build_valid_train_configs_at_every_scale(name, tmp_path):
+    spec = load_spec(name)
+    assert spec.runs and spec.resources.get("gpus") == 1 and spec.resources.get("hours")
+    for scale in spec.scale_names():
+        plan = plan_sweep(spec, tmp_path, scale=scale)
+        assert plan and all(isinstance(p.config, TrainConfig) for p in plan)
+        assert all(p.status == "start" for p in plan)
+        assert len({p.out_dir for p in plan}) == len(plan)
+
+
+def test_mini_scale_reads_the_jpeg_copy_beside_the_checkout(tmp_path):
+    plan = plan_sweep("table1-cifar10", tmp_path, scale="mini")
+    expected = (REPO_ROOT / ".." / "shared" / "data" / "cifar10-jpg").resolve()
+    assert {p.config.dataset for p in plan} == {f"imagefolder:{expected}"}
+    moved = plan_sweep("table1-cifar10", tmp_path, scale="mini",
+                       settings={"dataset": "imagefolder:data/jpg"}, config_builder=fake_config)
+    assert moved[0].config["dataset"] == f"imagefolder:{Path.cwd() / 'data' / 'jpg'}"
+    cfg = plan[0].config
+    assert (cfg.train_subset, cfg.width, cfg.train_steps, cfg.epochs) == (1000, 0.25, 5, 100)
+    assert [p.config.act for p in plan] == ["relu", "lisht", "gelu", "mish", "silu"]
+
+
+def test_malformed_specs_raise_bad_input_with_one_line(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"name": "x", "runs": []}')
+    with pytest.raises(BadInput, match="'runs' must be a non-empty list"):
+        load_spec(bad)
+    with pytest.raises(BadInput, match="unknown spec 'nope'"):
+        load_spec("nope")
+    with pytest.raises(BadInput, match="repeated"):
+        parse_spec({"name": "x", "runs": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(BadInput, match="unknown training setting"):
+        plan_sweep(parse_spec({"name": "x", "runs": [{"name": "a",
+                                                      "overrides": {"lrr": 1}}]}), tmp_path)
+
+
+def test_parse_settings_reads_json_values_and_rejects_missing_equals():
+    assert parse_settings(["epochs=1", "device=cpu", "lr_milestones=[1, 2]"]) == {
+        "epochs": 1, "device": "cpu", "lr_milestones": [1, 2]}
+    with pytest.raises(BadInput, match="KEY=VALUE"):
+        parse_settings(["epochs"])
+
+
+def sweep_cli(argv: list[str]) -> None:
+    """``harness sweep ...`` through an app holding only the sweep command (as a group)."""
+    from curvtools.clirun import new_app, run_app
+    from harness import cli_sweep
+
+    app = new_app("test")
+    app.callback()(lambda: None)  # keep it a command group even with one command
+    cli_sweep.register(app)
+    run_app(app, "harness", argv)
+
+
+def test_cli_dry_run_prints_the_plan_and_trains_nothing(toy, tmp_path, capsys, monkeypatch):
+    spec, runs = toy
+    spec_file = tmp_path / "toy.json"
+    spec_file.write_text(json.dumps(SPEC))
+    monkeypatch.setattr(sweep_mod, "default_runner", lambda *a, **k: pytest.fail("trained"))
+    sweep_cli(["sweep", str(spec_file), "--runs-dir", str(runs), "--dry-run",
+          "--json", str(tmp_path / "plan.json")])
+    out = capsys.readouterr().out
+    assert "2 finished, 1 resume, 1 start, 1 restart" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert [r["status"] for r in plan["plan"]] == ["finished", "finished", "resume", "restart",
+                                                   "start"]
+
+
+def test_cli_runs_missing_runs_through_the_runner(toy, tmp_path, capsys, monkeypatch):
+    spec, runs = toy
+    spec_file = tmp_path / "toy.json"
+    spec_file.write_text(json.dumps(SPEC))
+    calls = []
+    monkeypatch.setattr(sweep_mod, "default_runner",
+                        lambda cfg, out_dir, **kw: calls.append((cfg.act, cfg.epochs, kw)))
+    sweep_cli(["sweep", str(spec_file), "--runs-dir", str(runs), "--only", "new", "--only", "half",
+          "--set", "device=cpu", "--no-progress"])
+    assert calls == [("gelu", 4, {"resume": True, "overwrite": False, "progress": False}),
+                     ("lisht", 4, {"resume": False, "overwrite": False, "progress": False})]
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        sweep_cli(["sweep", "table1-cifar100", "--scale", "mini", "--runs-dir", str(tmp_path)])
+    assert err.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_diverged_run_is_one_line_and_exit_3(toy, tmp_path, capsys, monkeypatch):
+    from harness.train import TrainingDiverged
+
+    spec, runs = toy
+    spec_file = tmp_path / "toy.json"
+    spec_file.write_text(json.dumps(SPEC))
+
+    def diverge(cfg, out_dir, **kw):
+        raise TrainingDiverged("training diverged: non-finite training loss in epoch 3")
+
+    monkeypatch.setattr(sweep_mod, "default_runner", diverge)
+    with pytest.raises(SystemExit) as err:
+        sweep_cli(["sweep", str(spec_file), "--runs-dir", str(runs), "--only", "new"])
+    assert err.value.code == 3
+    assert capsys.readouterr().err.count("\n") == 1
