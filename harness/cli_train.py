@@ -1,5 +1,281 @@
-"""Placeholder: filled in by its owner."""
+"""``harness train``, ``harness eval`` and ``harness demo``.
+
+Every :class:`harness.train.TrainConfig` setting is an option of ``train`` with the paper's
+default. Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss;
+``best.pt``/``last.pt`` keep the last good epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from curvtools.errors import BadInput
+
+TRAIN_PANEL = "Data"
+EXIT_DIVERGED = 3
 
 
-def register(app) -> None:
-    pass
+def _write_json(path: Path | None, payload: Any) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def _parse_milestones(text: str) -> list[float] | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return [float(t) for t in re.split(r"[,\s]+", text.strip()) if t]
+    except ValueError:
+        raise BadInput(f"--lr-milestones {text!r} must be comma-separated epochs "
+                       f"(e.g. 100,150) or 'auto'") from None
+
+
+def default_run_name(act_label: str, dataset: str) -> str:
+    """``runs/<act label>-<dataset>`` as a safe folder name, e.g. ``pswish-beta-4-cifar10``."""
+    data = dataset.split(":", 1)[1].rstrip("/") if dataset.startswith("imagefolder:") else dataset
+    data = Path(data).name or "data"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{act_label}-{data}").strip("-")
+
+
+def _explicit_options(ctx: typer.Context) -> set[str]:
+    """Names of the parameters the user typed on the command line."""
+    from curvtools.clirun import click
+
+    source = click.core.ParameterSource
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) in (source.COMMANDLINE, source.ENVIRONMENT)}
+
+
+def _resume_settings(out: Path, given: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """The run's stored settings, overridden by the options typed for this invocation."""
+    from harness.checkpoint import load_checkpoint
+
+    stored = dict(load_checkpoint(out / "last.pt").get("train_config") or {})
+    return stored | {k: v for k, v in given.items() if k in explicit}
+
+
+def train_command(
+    ctx: typer.Context,
+    dataset: Annotated[str, typer.Option(help="cifar10, cifar100, imagefolder:PATH (train/ and "
+                                              "test/ subfolders) or digits (offline).")
+                       ] = "cifar10",
+    data_dir: Annotated[str, typer.Option(help="Where torchvision keeps/downloads CIFAR.")
+                        ] = "data",
+    download: Annotated[bool, typer.Option(help="Download CIFAR when missing.")] = True,
+    val_fraction: Annotated[float, typer.Option(help="Validation share of the training images "
+                                                     "(paper: 0.1 = 5,000 of 50,000).")] = 0.1,
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/val split and subsets.")] = 0,
+    train_subset: Annotated[int | None, typer.Option(help="Class-balanced subset of the "
+                                                          "training split (default: all).")] = None,
+    val_subset: Annotated[int | None, typer.Option(help="Subset of the validation split used "
+                                                        "each epoch (default: all).")] = None,
+    test_subset: Annotated[int | None, typer.Option(help="Subset of the test set used each "
+                                                         "epoch (default: all).")] = None,
+    augment: Annotated[bool, typer.Option(help="Reflect-pad 4, random crop, horizontal flip.")
+                       ] = True,
+    arch: Annotated[str, typer.Option(help="preactresnet18 (paper), resnet18 or wrn-D-W.")
+                    ] = "preactresnet18",
+    width: Annotated[float, typer.Option(help="Channel multiplier (1.0 = paper).")] = 1.0,
+    act: Annotated[str, typer.Option(help="Activation name from the registry "
+                                          "(`curvtools list`).")] = "relu",
+    k: Annotated[float | None, typer.Option(help="LeakyReLU negative slope.")] = None,
+    beta: Annotated[float | None, typer.Option(help="PSwish/Softplus beta.")] = None,
+    alpha: Annotated[float | None, typer.Option(help="ELU alpha (activation parameter; the "
+                                                     "PGD step is --alpha-255).")] = None,
+    expr: Annotated[str | None, typer.Option(help="User activation for --act expr, "
+                                                  "e.g. 'x*tanh(x)'.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    eval_batch_size: Annotated[int, typer.Option(help="Batch size of per-epoch evaluation.")
+                               ] = 512,
+    lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 0.1,
+    lr_milestones: Annotated[str, typer.Option(help="Epochs where lr is multiplied by "
+                                                    "--lr-gamma, comma-separated, or 'auto' "
+                                                    "(50% and 75% of --epochs).")] = "100,150",
+    lr_gamma: Annotated[float, typer.Option(help="LR factor at each milestone.")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay on all parameters.")] = 5e-4,
+    eps_255: Annotated[float, typer.Option(help="Attack radius in 1/255 units.")] = 8.0,
+    alpha_255: Annotated[float, typer.Option(help="PGD step in 1/255 units.")] = 2.0,
+    norm: Annotated[str, typer.Option(help="Threat model: linf or l2.")] = "linf",
+    train_steps: Annotated[int, typer.Option(help="PGD steps of the training attack.")] = 10,
+    train_restarts: Annotated[int, typer.Option(help="Restarts of the training attack.")] = 1,
+    eval_steps: Annotated[int, typer.Option(help="PGD steps of the per-epoch evaluation.")] = 10,
+    eval_restarts: Annotated[int, typer.Option(help="Restarts of the per-epoch evaluation.")
+                             ] = 1,
+    attack_bn: Annotated[str, typer.Option(help="BatchNorm mode during the training attack: "
+                                                "train (authors' code) or eval.")] = "train",
+    seed: Annotated[int, typer.Option(help="Seed of init, data order and attack starts.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), "
+                                                "fp32 or bf16.")] = "auto",
+    channels_last: Annotated[bool | None, typer.Option(
+        "--channels-last/--no-channels-last", help="channels_last memory format (default: on).")
+    ] = None,
+    compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    save_every: Annotated[int, typer.Option(help="Also keep epoch_NNNN.pt every N epochs "
+                                                 "(0 = off).")] = 0,
+    hessian_every: Annotated[int, typer.Option(help="Log input-Hessian lambda_max every N "
+                                                    "epochs (0 = off).")] = 0,
+    hessian_examples: Annotated[int, typer.Option(help="Test images for --hessian-every.")] = 100,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default "
+                                                  "runs/<act>-<dataset>).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from last.pt "
+                                              "(stored settings; options typed now override "
+                                              "epochs, device, ...).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete the run in --out and start over.")
+                         ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the final metrics "
+                                                                  "row and run info as JSON.")
+                         ] = None,
+) -> None:
+    """PGD adversarial training (the paper's protocol by default) into a run directory."""
+    from harness.train import TrainConfig, TrainingDiverged, run_training
+
+    given = {name: value for name, value in ctx.params.items()
+             if name not in ("out", "resume", "overwrite", "progress", "json_path")}
+    given["lr_milestones"] = _parse_milestones(lr_milestones)
+    if out is None:
+        label = TrainConfig.from_dict(given).activation().label
+        out = Path("runs") / default_run_name(label, dataset)
+    settings = _resume_settings(out, given, _explicit_options(ctx)) if resume else given
+    cfg = TrainConfig.from_dict(settings)
+    try:
+        rows = run_training(cfg, out, resume=resume, overwrite=overwrite, progress=progress,
+                            log=None if progress else print)
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(EXIT_DIVERGED) from None
+    best = max(rows, key=lambda r: r["val_robust_acc"]) if rows else None
+    print(f"done: {out} ({len(rows)} epochs; best val robust "
+          f"{100 * best['val_robust_acc']:.2f}% at epoch {best['epoch']})" if best else
+          f"done: {out}")
+    _write_json(json_path, {"run_dir": str(out), "last": rows[-1] if rows else None,
+                            "best_val": best})
+
+
+def eval_command(
+    ckpt: Annotated[Path, typer.Option(help="Checkpoint (best.pt, last.pt, epoch_NNNN.pt).")],
+    n: Annotated[int | None, typer.Option(help="Test images (class-balanced subset; "
+                                               "default all).")] = None,
+    steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
+    restarts: Annotated[int, typer.Option(help="PGD restarts (worst case kept per example).")
+                        ] = 5,
+    eps_255: Annotated[float, typer.Option(help="Attack radius in 1/255 units.")] = 8.0,
+    alpha_255: Annotated[float, typer.Option(help="PGD step in 1/255 units.")] = 2.0,
+    norm: Annotated[str | None, typer.Option(help="linf or l2 (default: the run's).")] = None,
+    attack: Annotated[str, typer.Option(help="pgd (ours), torchattacks-pgd (cross-check) or "
+                                             "autoattack (torchattacks' standard AutoAttack).")
+                      ] = "pgd",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the random starts.")] = 0,
+    precision: Annotated[str, typer.Option(help="fp32 (default) or bf16 autocast.")] = "fp32",
+    dataset: Annotated[str | None, typer.Option(help="Override the run's dataset.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Override the run's data_dir.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")
+                         ] = None,
+) -> None:
+    """Clean and robust test accuracy of a checkpoint (PGD-20, 5 restarts by default)."""
+    from harness.evaluate import evaluate_checkpoint
+
+    bar = _EvalBar(progress)
+    with bar:
+        result = evaluate_checkpoint(
+            ckpt, n=n, steps=steps, restarts=restarts, eps_255=eps_255, alpha_255=alpha_255,
+            norm=norm, attack=attack, device=device, batch_size=batch_size, seed=seed,
+            precision=precision, dataset=dataset, data_dir=data_dir, on_start=bar.start,
+            on_batch=bar.step)
+    what = "AutoAttack (standard)" if attack == "autoattack" else (
+        f"{attack} {result['norm']} {steps} steps x {result['restarts']} restarts")
+    print(f"{ckpt} (epoch {result['epoch']}), {result['n']} test images: clean "
+          f"{100 * result['clean_acc']:.2f}%, robust {100 * result['robust_acc']:.2f}% "
+          f"[{what}, eps {eps_255:g}/255, {result['seconds']:.1f}s]")
+    _write_json(json_path, result)
+
+
+class _EvalBar:
+    """Rich progress bar over evaluation batches (rate and ETA)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.progress, self.task = enabled, None, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                     TextColumn("ETA"), TimeRemainingColumn())
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        return False
+
+    def start(self, total: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task("eval", total=total, rate="")
+
+    def step(self) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
+            speed = self.progress.tasks[self.task].speed
+            if speed:
+                self.progress.update(self.task, rate=f"{speed:.2f} batch/s")
+
+
+def demo_command(
+    epochs: Annotated[int, typer.Option(help="Epochs per activation.")] = 6,
+    act: Annotated[list[str] | None, typer.Option(help="Activations (repeat the option); "
+                                                       "default relu and silu.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Keep the runs here (default: a temporary "
+                                                  "folder, deleted).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every run.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the table as JSON.")
+                         ] = None,
+) -> None:
+    """Offline demo: adversarially train small nets on digits with ReLU and SiLU, compare."""
+    import torch
+
+    from harness.demo import DEMO_SETTINGS, format_table, run_demo
+
+    if epochs < 1:
+        raise BadInput(f"--epochs {epochs} must be >= 1")
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    acts = act or ["relu", "silu"]
+    print(f"demo: digits (16x16), PreActResNet-18 width {DEMO_SETTINGS['width']}, "
+          f"PGD-{DEMO_SETTINGS['train_steps']} training at eps {DEMO_SETTINGS['eps_255']:g}/255,"
+          f" {epochs} epochs per activation: {', '.join(acts)}")
+    rows = run_demo(acts, epochs=epochs, out_dir=out, seed=seed, progress=progress,
+                    log=None if progress else print)
+    print(format_table(rows))
+    _write_json(json_path, {"settings": DEMO_SETTINGS | {"epochs": epochs}, "rows": rows})
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``eval`` and ``demo`` to the ``harness`` app."""
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)
+    app.command("demo")(demo_command)

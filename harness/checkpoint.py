@@ -1,0 +1,185 @@
+"""Checkpoints: plain dicts of tensors and JSON-able values, written atomically.
+
+A checkpoint loads with ``torch.load(path, weights_only=True)`` (no pickled classes, no code
+runs on load) and rebuilds its model from its own ``config``; see ``docs/architecture.md``::
+
+    {"format": "lowcurv-checkpoint/1", "model": state_dict, "config": model config,
+     "train_config": dict, "epoch": int, "metrics": dict, "optimizer": dict,
+     "scheduler": dict, "rng": dict, "best_val_robust_acc": float}
+
+Example::
+
+    >>> model, ckpt = load_model("runs/relu-cifar10/best.pt")
+    >>> ckpt["epoch"], ckpt["metrics"]["val_robust_acc"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import re
+import signal
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from curvtools.errors import BadInput
+
+FORMAT = "lowcurv-checkpoint/1"
+
+# Test hook for crash-safety tests (tests/test_trust.py, scripts/crash_campaign.py):
+# LOWCURV_CRASH_AT=checkpoint-write[:N] makes the process SIGKILL itself while the temporary
+# file of its N-th checkpoint (.pt) write is half written (N defaults to 1). Unset: no effect.
+CRASH_ENV = "LOWCURV_CRASH_AT"
+_pt_writes = 0
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically.
+
+    The bytes go to a temporary file in the same folder, are fsynced, and the file is renamed
+    over ``path`` with ``os.replace``: a crash leaves either the old file or the new one, never
+    a torn one. ``payload["format"]`` is set to :data:`FORMAT` when missing.
+    """
+    path = Path(path)
+    payload = dict(payload)
+    payload.setdefault("format", FORMAT)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if _crash_requested(path):
+                handle.write(data[: len(data) // 2])
+                handle.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _crash_requested(path: Path) -> bool:
+    """True when the :data:`CRASH_ENV` test hook asks to die during this checkpoint write."""
+    global _pt_writes
+    spec = os.environ.get(CRASH_ENV, "")
+    if not spec.startswith("checkpoint-write") or path.suffix != ".pt":
+        return False
+    _pt_writes += 1
+    _, _, nth = spec.partition(":")
+    return _pt_writes == (int(nth) if nth else 1)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable (not supported on every platform/filesystem)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check its format.
+
+    Raises :class:`BadInput` (one line) when the file is missing, unreadable, not a checkpoint
+    of this project, or of another format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"checkpoint {str(path)!r} does not exist")
+    _check_archive_crc(path)
+    try:
+        # torch warns about odd files before refusing them; the refusal alone is the one line
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    except pickle.UnpicklingError as err:
+        # torch's own message advises weights_only=False, which would run the file's code
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found:
+            raise BadInput(f"checkpoint {str(path)!r} cannot be read: it holds pickled code "
+                           f"({found.group(1)}); refused, loading it could run that code") \
+                from None
+        raise BadInput(f"checkpoint {str(path)!r} cannot be read: not a torch file of tensors "
+                       f"and plain values (the weights-only loader refused it)") from None
+    except Exception as err:  # torch raises many kinds (pickle, zip, runtime)
+        first_line = (str(err).strip().splitlines() or [""])[0][:200]
+        raise BadInput(f"checkpoint {str(path)!r} cannot be read "
+                       f"({type(err).__name__}: {first_line})") from None
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise BadInput(f"{str(path)!r} is not a lowcurv checkpoint (no 'format' field)")
+    if payload["format"] != FORMAT:
+        raise BadInput(f"checkpoint {str(path)!r} has format {payload['format']!r}; "
+                       f"this version reads {FORMAT!r}")
+    for key in ("model", "config"):
+        if key not in payload:
+            raise BadInput(f"checkpoint {str(path)!r} lacks the {key!r} entry")
+    return payload
+
+
+def _check_archive_crc(path: Path) -> None:
+    """torch.load does not check the zip CRCs: flipped bits in a tensor would load silently."""
+    if not zipfile.is_zipfile(path):
+        return  # not a zip: torch.load reports it
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as err:
+        raise BadInput(f"checkpoint {str(path)!r} is a damaged zip archive "
+                       f"({type(err).__name__}: {err})") from None
+    if bad_member is not None:
+        raise BadInput(f"checkpoint {str(path)!r} is corrupted: {bad_member!r} fails its CRC "
+                       f"check (the file changed after it was written)")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Rebuild the model of a checkpoint from the checkpoint alone.
+
+    Returns ``(model, checkpoint)`` with the model on ``device``, in eval mode, taking [0, 1]
+    pixels [B, C, H, W] and returning logits [B, num_classes].
+    """
+    from harness.models import build_model
+
+    payload = load_checkpoint(path, map_location=device)
+    try:
+        model = build_model(payload["config"])
+    except BadInput as err:
+        raise BadInput(f"checkpoint {str(path)!r} has a bad model config: {err}") from None
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        # torch's first line only names the class; the second names the first bad key
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        first_line = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
+        raise BadInput(f"checkpoint {str(path)!r} does not match its model config "
+                       f"({first_line})") from None
+    model.to(device)
+    model.eval()
+    return model, payload

@@ -1,0 +1,231 @@
+"""Clean and adversarial evaluation: per-epoch curves during training and ``harness eval``.
+
+:func:`evaluate_robust` runs a model (eval mode) over a set of batches and returns mean
+cross-entropy and accuracy, clean and under attack; sums stay on the device until the end.
+:func:`evaluate_checkpoint` is ``harness eval``: it rebuilds the model from a checkpoint alone
+and attacks its test set with our PGD (default PGD-20, 5 restarts, the paper's reporting
+protocol), with torchattacks' PGD (a cross-check) or with AutoAttack (torchattacks' port).
+
+Example::
+
+    >>> result = evaluate_checkpoint("runs/relu-cifar10/best.pt", n=1000)
+    >>> result["clean_acc"], result["robust_acc"]
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from curvtools.errors import BadInput
+
+ATTACKS = ("pgd", "torchattacks-pgd", "autoattack")
+
+# More than this share of examples with an exactly zero input gradient means a gradient attack
+# cannot move them (sign(0) = 0): robust accuracy is then an overestimate (gradient masking).
+ZERO_GRADIENT_WARN_SHARE = 0.10
+
+
+class GradientMaskingWarning(UserWarning):
+    """Many examples have an exactly zero input gradient: PGD's robust accuracy is not to be
+    trusted."""
+
+# perturb(x, y) -> delta, with x + delta in [0, 1]
+Perturb = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _batches_of(batches: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """``DeviceBatches`` in stored order (no augmentation), or any iterable of (x, y)."""
+    return batches.in_order() if hasattr(batches, "in_order") else batches
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def zero_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         autocast_dtype: torch.dtype | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(zero, correct)``: device tensors (no host sync) counting the correctly classified
+    examples of ``x`` [B, C, H, W] whose cross-entropy input gradient is exactly zero, and all
+    correctly classified ones. Only those matter: a misclassified example is never robust, and
+    its gradient (p - onehot) cannot vanish."""
+    with torch.enable_grad():
+        x = x.detach().float().requires_grad_(True)
+        with _autocast(x.device, autocast_dtype):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    correct = logits.detach().argmax(1) == y
+    zero = grad.flatten(1).abs().amax(1) == 0
+    return (zero & correct).sum(), correct.sum()
+
+
+def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float, steps: int,
+                    restarts: int = 1, norm: str = "linf",
+                    generator: torch.Generator | None = None,
+                    autocast_dtype: torch.dtype | None = None, early_stop: bool = False,
+                    perturb: Perturb | None = None,
+                    on_batch: Callable[[], None] | None = None) -> dict[str, float]:
+    """Clean and robust loss/accuracy of ``model`` (put in eval mode) over ``batches``.
+
+    ``batches``: a ``harness.data.DeviceBatches`` (served in order, unaugmented) or an iterable
+    of (x [B, C, H, W] in [0, 1], y [B]). The attack is our :func:`harness.attacks.pgd` with the
+    given settings and BatchNorm in eval mode, unless ``perturb(x, y) -> delta`` is given.
+    Returns ``{"clean_loss", "clean_acc", "robust_loss", "robust_acc", "n",
+    "zero_grad_share"}`` (accuracies are fractions; losses mean cross-entropy). The model's
+    train/eval mode is restored afterwards. ``zero_grad_share``: the share of the first batch's
+    correctly classified examples whose input gradient is exactly zero (one extra backward per
+    call); above :data:`ZERO_GRADIENT_WARN_SHARE` a :class:`GradientMaskingWarning` is issued.
+    """
+    from harness.attacks import pgd
+
+    was_training = model.training
+    model.eval()
+    sums = None
+    n = 0
+    zero_grads = checked = None
+    for x, y in _batches_of(batches):
+        if sums is None:
+            sums = torch.zeros(4, device=x.device, dtype=torch.float64)
+            zero_grads, checked = zero_input_gradients(model, x, y, autocast_dtype)
+        if perturb is None:
+            delta = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
+                        norm=norm, bn_mode="eval", generator=generator,
+                        autocast_dtype=autocast_dtype, early_stop=early_stop)
+        else:
+            delta = perturb(x, y)
+        with torch.no_grad(), _autocast(x.device, autocast_dtype):
+            clean_logits = model(x).float()
+            robust_logits = model((x + delta).clamp(0.0, 1.0)).float()
+        sums += torch.stack([
+            F.cross_entropy(clean_logits, y, reduction="sum").double(),
+            (clean_logits.argmax(1) == y).sum().double(),
+            F.cross_entropy(robust_logits, y, reduction="sum").double(),
+            (robust_logits.argmax(1) == y).sum().double()])
+        n += y.shape[0]
+        if on_batch is not None:
+            on_batch()
+    model.train(was_training)
+    if n == 0:
+        raise BadInput("evaluation set is empty")
+    clean_loss, clean_acc, robust_loss, robust_acc = (sums / n).tolist()
+    checked = int(checked)
+    zero_grad_share = int(zero_grads) / checked if checked else 0.0
+    if zero_grad_share > ZERO_GRADIENT_WARN_SHARE:
+        warnings.warn(f"{100 * zero_grad_share:.0f}% of {checked} correctly classified examples "
+                      f"checked have an exactly zero input gradient: gradient attacks cannot "
+                      f"move them, so robust accuracy ({100 * robust_acc:.1f}%) is likely "
+                      f"overestimated (gradient masking)", GradientMaskingWarning, stacklevel=2)
+    return {"clean_loss": clean_loss, "clean_acc": clean_acc, "robust_loss": robust_loss,
+            "robust_acc": robust_acc, "n": n, "zero_grad_share": zero_grad_share}
+
+
+def torchattacks_perturb(model: nn.Module, attack: str, *, eps: float, alpha: float, steps: int,
+                         num_classes: int, seed: int = 0) -> Perturb:
+    """``perturb(x, y) -> delta`` from torchattacks: ``torchattacks-pgd`` or ``autoattack``.
+
+    ``torchattacks.PGD(model, eps, alpha, steps, random_start=True)`` (one start; its random
+    start uses the global torch RNG, seeded here) or ``torchattacks.AutoAttack(model,
+    norm="Linf", eps, version="standard", n_classes, seed)``.
+    """
+    import torchattacks
+
+    if attack == "torchattacks-pgd":
+        torch.manual_seed(seed)
+        atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+    elif attack == "autoattack":
+        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
+                                      n_classes=num_classes, seed=seed)
+    else:
+        raise BadInput(f"attack {attack!r}; allowed: {', '.join(ATTACKS)}")
+
+    def perturb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (atk(x, y).detach() - x).float()
+
+    return perturb
+
+
+def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 20,
+                        restarts: int = 5, eps_255: float = 8.0, alpha_255: float = 2.0,
+                        norm: str | None = None, attack: str = "pgd", device: str = "auto",
+                        batch_size: int = 256, seed: int = 0, precision: str = "fp32",
+                        dataset: str | None = None, data_dir: str | None = None,
+                        on_batch: Callable[[], None] | None = None,
+                        on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """``harness eval``: clean and robust accuracy of a checkpoint on its test set.
+
+    The model comes from the checkpoint alone; the data from its ``train_config`` (``dataset``,
+    ``data_dir`` override it). ``n`` test images (a class-balanced subset drawn with the run's
+    split seed; all when None). ``on_start(num_batches)`` and ``on_batch()`` drive a progress
+    bar. Returns a JSON-able dict with the settings and ``clean_acc``, ``robust_acc``, losses.
+    """
+    from harness.attacks import normalize_norm_name
+    from harness.checkpoint import load_model
+    from harness.data import DeviceBatches, open_source, stratified_subset
+    from harness.train import autocast_dtype_for, resolve_device
+
+    if attack not in ATTACKS:
+        raise BadInput(f"--attack {attack!r}; allowed: {', '.join(ATTACKS)}")
+    _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision)
+    dev = resolve_device(device)
+    model, payload = load_model(ckpt, device=dev)
+    train_config = payload.get("train_config") or {}
+    norm = normalize_norm_name(norm or train_config.get("norm", "linf"))
+    if attack != "pgd" and norm != "linf":
+        raise BadInput(f"--attack {attack} supports only the linf norm here")
+    spec = dataset or train_config.get("dataset")
+    if not spec:
+        raise BadInput("the checkpoint names no dataset; pass --dataset")
+    source = open_source(spec, data_dir or train_config.get("data_dir", "data"),
+                         bool(train_config.get("download", True)))
+    labels = source.labels("test")
+    idx = torch.arange(len(labels)).numpy()
+    if n is not None and n < len(labels):
+        idx = stratified_subset(labels, idx, n, int(train_config.get("split_seed", 0)))
+    batches = DeviceBatches(source.images("test", idx), labels[idx], dev, batch_size=batch_size)
+    if on_start is not None:
+        on_start(len(batches.images) // batch_size + bool(len(batches.images) % batch_size))
+    eps, alpha = eps_255 / 255.0, alpha_255 / 255.0
+    amp = autocast_dtype_for(precision, dev) if precision != "fp32" else None
+    perturb = None
+    if attack != "pgd":
+        perturb = torchattacks_perturb(model, attack, eps=eps, alpha=alpha, steps=steps,
+                                       num_classes=source.num_classes, seed=seed)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    started = time.perf_counter()
+    result = evaluate_robust(model, batches, eps=eps, alpha=alpha, steps=steps,
+                             restarts=restarts, norm=norm, generator=generator,
+                             autocast_dtype=amp, perturb=perturb, on_batch=on_batch)
+    return {"checkpoint": str(ckpt), "epoch": payload.get("epoch"), "dataset": spec,
+            "attack": attack, "norm": norm, "eps_255": eps_255, "alpha_255": alpha_255,
+            "steps": steps if attack != "autoattack" else None,
+            "restarts": restarts if attack == "pgd" else 1, "seed": seed,
+            "precision": "bf16" if amp is not None else "fp32", "device": str(dev),
+            "seconds": round(time.perf_counter() - started, 3), **result}
+
+
+def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision) -> None:
+    if n is not None and n < 1:
+        raise BadInput(f"--n {n} must be >= 1")
+    if steps < 1:
+        raise BadInput(f"--steps {steps} must be >= 1")
+    if restarts < 1:
+        raise BadInput(f"--restarts {restarts} must be >= 1")
+    if not eps_255 >= 0:
+        raise BadInput(f"--eps-255 {eps_255} must be >= 0")
+    if not alpha_255 > 0:
+        raise BadInput(f"--alpha-255 {alpha_255} must be > 0")
+    if batch_size < 1:
+        raise BadInput(f"--batch-size {batch_size} must be >= 1")
+    if precision not in ("fp32", "bf16", "auto"):
+        raise BadInput(f"--precision {precision!r}; allowed: fp32, bf16, auto")

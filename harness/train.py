@@ -1,0 +1,802 @@
+"""PGD adversarial training with the paper's protocol, writing a run directory.
+
+Defaults are the protocol of Singla et al. (ICCV 2021), which forks Rice et al.'s
+``train_cifar.py`` (see ``../shared/PROTOCOL.md``): PreActResNet-18, PGD-10 (eps 8/255,
+step 2/255, one random start, BatchNorm in train mode during the attack), SGD with momentum 0.9
+and weight decay 5e-4 on every parameter, batch 128, 200 epochs, learning rate 0.1 divided by 10
+at epochs 100 and 150, evaluated per iteration at the fractional epoch ``epoch + (i + 1) / n``.
+
+One training step, as in Rice et al.'s loop (their order matters for BatchNorm statistics):
+
+1. ``delta = pgd(...)`` with the model in train mode (``attack_bn="train"``);
+2. robust forward on ``clamp(x + delta, 0, 1)``, cross-entropy, backward, SGD step;
+3. clean forward on ``x`` *after* the step, still in train mode (their "train loss/acc"; it also
+   moves BatchNorm running statistics, so we keep it to reproduce their eval-mode models).
+
+The train robust numbers are those of the robust forward before the step; the train clean numbers
+come from the forward after it. Every epoch the model is evaluated in eval mode on the validation
+and test sets (clean, and PGD with ``eval_steps``/``eval_restarts``) and a row is appended to
+``metrics.jsonl`` (keys in ``docs/architecture.md``).
+
+Run directory: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt`` (highest validation
+robust accuracy, never selected on test), ``epoch_NNNN.pt`` (``save_every``), ``DONE``.
+
+Reproducibility: the model is initialized from ``seed``; the data order and augmentation of an
+epoch come from ``(seed, epoch)`` (``harness.data.DeviceBatches``); the attack's random starts
+come from a generator reseeded from ``(seed, epoch, stream)`` every epoch. So a resumed run needs
+only the model, optimizer and best-so-far from ``last.pt`` (the global RNG states are saved and
+restored too), and on CPU it reproduces an uninterrupted run exactly.
+
+Example::
+
+    >>> cfg = TrainConfig.from_dict({"dataset": "digits", "arch": "preactresnet18",
+    ...                              "width": 0.125, "epochs": 3, "act": "silu"})
+    >>> run_training(cfg, Path("runs/silu-digits"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from curvtools.errors import BadInput
+
+PRECISIONS = ("auto", "fp32", "bf16")
+ATTACK_BN_MODES = ("train", "eval")
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
+
+# Settings that may change when resuming: they do not change what is computed.
+RESUMABLE_CHANGES = ("epochs", "device", "compile", "save_every", "hessian_every",
+                     "hessian_examples", "data_dir", "download", "eval_batch_size")
+
+# Streams of random numbers derived from (seed, epoch, stream): independent of each other.
+STREAM_TRAIN_ATTACK, STREAM_VAL_ATTACK, STREAM_TEST_ATTACK = 101, 102, 103
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the CLI exits with code 3."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; the defaults are the paper's protocol.
+
+    ``alpha`` is the activation parameter (ELU); the PGD step is ``alpha_255`` (in 1/255 units)
+    and the radius ``eps_255``. For ``norm="l2"`` eps and step are l_2 lengths in the same units.
+    ``lr_milestones`` are (fractional) epochs; ``None`` means Rice et al.'s piecewise rule: 50% and
+    75% of ``epochs``. Subset sizes of ``None`` mean the whole set.
+    """
+
+    # data
+    dataset: str = "cifar10"
+    data_dir: str = "data"
+    download: bool = True
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    train_subset: int | None = None
+    val_subset: int | None = None
+    test_subset: int | None = None
+    augment: bool = True
+    # model
+    arch: str = "preactresnet18"
+    width: float = 1.0
+    act: str = "relu"
+    k: float | None = None
+    beta: float | None = None
+    alpha: float | None = None
+    expr: str | None = None
+    # optimization
+    epochs: int = 200
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    lr: float = 0.1
+    lr_milestones: list[float] | None = field(default_factory=lambda: [100.0, 150.0])
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # attack
+    eps_255: float = 8.0
+    alpha_255: float = 2.0
+    norm: str = "linf"
+    train_steps: int = 10
+    train_restarts: int = 1
+    eval_steps: int = 10
+    eval_restarts: int = 1
+    attack_bn: str = "train"
+    # run
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    save_every: int = 0
+    hessian_every: int = 0
+    hessian_examples: int = 100
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build and validate a config; unknown keys and bad values raise :class:`BadInput`."""
+        if not isinstance(d, Mapping):
+            raise BadInput("training config must be a mapping of setting names to values")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise BadInput(f"unknown training setting(s) {', '.join(unknown)}; "
+                           f"allowed: {', '.join(sorted(known))}")
+        cfg = cls(**dict(d))
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``TrainConfig.from_dict(cfg.to_dict()) == cfg``."""
+        out = dataclasses.asdict(self)
+        if out["lr_milestones"] is not None:
+            out["lr_milestones"] = [float(m) for m in out["lr_milestones"]]
+        return out
+
+    def milestones(self) -> list[float]:
+        """The learning-rate milestones in epochs (Rice's 50%/75% rule when not given)."""
+        if self.lr_milestones is None:
+            return [0.5 * self.epochs, 0.75 * self.epochs]
+        return [float(m) for m in self.lr_milestones]
+
+    def activation(self):
+        """The resolved :class:`curvtools.activations.Activation`."""
+        from curvtools.activations import resolve
+
+        return resolve(self.act, k=self.k, beta=self.beta, alpha=self.alpha, expr=self.expr)
+
+    def validate(self) -> None:
+        """Raise :class:`BadInput` naming the first bad setting."""
+        _validate(self)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+            and math.isfinite(float(v)))
+
+
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise BadInput(message)
+
+
+def _validate(c: TrainConfig) -> None:
+    from harness.attacks import normalize_norm_name
+    from harness.models import parse_arch
+
+    _need(isinstance(c.dataset, str) and c.dataset.strip() != "",
+          f"dataset={c.dataset!r} must be a name (cifar10, cifar100, imagefolder:PATH, digits)")
+    _need(_is_num(c.val_fraction) and 0 < c.val_fraction < 1,
+          f"val_fraction={c.val_fraction!r} must be in (0, 1) (the paper: 0.1)")
+    for name in ("split_seed", "seed"):
+        _need(_is_int(getattr(c, name)) and getattr(c, name) >= 0,
+              f"{name}={getattr(c, name)!r} must be an integer >= 0")
+    for name in ("train_subset", "val_subset", "test_subset"):
+        v = getattr(c, name)
+        _need(v is None or (_is_int(v) and v >= 1),
+              f"{name}={v!r} must be a positive integer or None (whole set)")
+    parse_arch(c.arch)
+    _need(_is_num(c.width) and c.width > 0, f"width={c.width!r} must be > 0 (1.0 = paper)")
+    c.activation()
+    _need(_is_int(c.epochs) and c.epochs >= 1, f"epochs={c.epochs!r} must be an integer >= 1")
+    for name in ("batch_size", "eval_batch_size"):
+        v = getattr(c, name)
+        _need(_is_int(v) and v >= 2, f"{name}={v!r} must be an integer >= 2")
+    _need(_is_num(c.lr) and c.lr > 0, f"lr={c.lr!r} must be > 0")
+    if c.lr_milestones is not None:
+        ms = c.lr_milestones
+        _need(isinstance(ms, list | tuple) and all(_is_num(m) and m > 0 for m in ms)
+              and list(ms) == sorted(ms),
+              f"lr_milestones={ms!r} must be increasing positive epochs, e.g. 100 150")
+        c.lr_milestones = [float(m) for m in ms]
+    _need(_is_num(c.lr_gamma) and c.lr_gamma > 0, f"lr_gamma={c.lr_gamma!r} must be > 0")
+    _need(_is_num(c.momentum) and 0 <= c.momentum < 1, f"momentum={c.momentum!r} must be in [0, 1)")
+    _need(_is_num(c.weight_decay) and c.weight_decay >= 0,
+          f"weight_decay={c.weight_decay!r} must be >= 0")
+    _need(_is_num(c.eps_255) and c.eps_255 >= 0,
+          f"eps_255={c.eps_255!r} must be >= 0 (in 1/255 units; the paper: 8)")
+    _need(_is_num(c.alpha_255) and c.alpha_255 > 0,
+          f"alpha_255={c.alpha_255!r} must be > 0 (PGD step in 1/255 units; the paper: 2)")
+    c.norm = normalize_norm_name(c.norm)
+    for name in ("train_steps", "eval_steps", "train_restarts", "eval_restarts"):
+        v = getattr(c, name)
+        _need(_is_int(v) and v >= 1, f"{name}={v!r} must be an integer >= 1")
+    _need(c.attack_bn in ATTACK_BN_MODES,
+          f"attack_bn={c.attack_bn!r}; allowed: {', '.join(ATTACK_BN_MODES)}")
+    _need(c.precision in PRECISIONS,
+          f"precision={c.precision!r}; allowed: {', '.join(PRECISIONS)}")
+    _need(c.channels_last is None or isinstance(c.channels_last, bool),
+          f"channels_last={c.channels_last!r} must be true, false or null (auto)")
+    for name in ("save_every", "hessian_every"):
+        v = getattr(c, name)
+        _need(_is_int(v) and v >= 0, f"{name}={v!r} must be an integer >= 0 (0 = off)")
+    _need(_is_int(c.hessian_examples) and c.hessian_examples >= 1,
+          f"hessian_examples={c.hessian_examples!r} must be an integer >= 1")
+    resolve_device(c.device)
+
+
+# --- devices, precision, schedule ------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; otherwise ``torch.device(name)`` (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise BadInput(f"device={name!r} is not a device; "
+                       f"allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"device={name!r} but CUDA is not available here; use --device cpu")
+    return device
+
+
+def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA for ``auto``; None (fp32) on CPU for ``auto``."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def piecewise_lr(t: float, cfg: TrainConfig) -> float:
+    """Learning rate at fractional epoch ``t`` (Rice et al.'s piecewise schedule, generalized).
+
+    ``lr * gamma ** (number of milestones m with t >= m)``. With the defaults this is Rice's
+    ``0.1 if t/200 < 0.5 else 0.01 if t/200 < 0.75 else 0.001``. Training evaluates it at
+    ``t = epoch + (i + 1) / n_batches`` (0-based epoch, batch i).
+    """
+    drops = sum(1 for m in cfg.milestones() if t >= m)
+    # lr / 10**drops rather than lr * 0.1**drops: the same floats as Rice's lr_max / 10.
+    return cfg.lr / (1.0 / cfg.lr_gamma) ** drops
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """Images and split of a run, on the device."""
+
+    source_info: dict
+    num_classes: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: Any  # harness.data.DeviceBatches
+    val: Any
+    test: Any
+    indices: dict[str, np.ndarray]
+
+
+def _indices_hash(idx: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(idx, dtype=np.int64).tobytes()).hexdigest()
+
+
+def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool) -> RunData:
+    """Open the dataset, split 90/10 (``split_seed``), take subsets, put everything on device."""
+    from harness.data import DeviceBatches, open_source, split_train_val, stratified_subset
+
+    source = open_source(cfg.dataset, cfg.data_dir, cfg.download)
+    train_labels = source.labels("train")
+    test_labels = source.labels("test")
+    train_idx, val_idx = split_train_val(len(train_labels), cfg.val_fraction, cfg.split_seed)
+    if cfg.train_subset is not None:
+        train_idx = stratified_subset(train_labels, train_idx, cfg.train_subset, cfg.split_seed)
+    if cfg.val_subset is not None:
+        val_idx = stratified_subset(train_labels, val_idx, cfg.val_subset, cfg.split_seed)
+    test_idx = np.arange(len(test_labels), dtype=np.int64)
+    if cfg.test_subset is not None:
+        test_idx = stratified_subset(test_labels, test_idx, cfg.test_subset, cfg.split_seed)
+    if cfg.batch_size > len(train_idx):
+        raise BadInput(f"batch_size={cfg.batch_size} is larger than the training set "
+                       f"({len(train_idx)} images)")
+    # A last batch of one image breaks train-mode BatchNorm; drop it in that case only.
+    drop_last = len(train_idx) % cfg.batch_size == 1
+
+    def batches(part, idx, labels, size, drop):
+        return DeviceBatches(source.images(part, idx), labels[idx], device, batch_size=size,
+                             drop_last=drop, channels_last=channels_last)
+
+    return RunData(
+        source_info=source.info(), num_classes=source.num_classes,
+        in_channels=source.in_channels, mean=tuple(source.mean), std=tuple(source.std),
+        train=batches("train", train_idx, train_labels, cfg.batch_size, drop_last),
+        val=batches("train", val_idx, train_labels, cfg.eval_batch_size, False),
+        test=batches("test", test_idx, test_labels, cfg.eval_batch_size, False),
+        indices={"train": train_idx, "val": val_idx, "test": test_idx})
+
+
+# --- run directory ---------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import harness
+
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "lowcurv": harness.__version__}
+    try:
+        import torchvision
+
+        out["torchvision"] = torchvision.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    from harness.checkpoint import write_bytes_atomic
+
+    write_bytes_atomic(path, text.encode())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a ``metrics.jsonl`` (lines torn by a crash are skipped)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to touch an existing run unless resuming or overwriting (checked before any write)."""
+    if resume and overwrite:
+        raise BadInput("--resume and --overwrite exclude each other")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"output path {str(out_dir)!r} exists and is not a folder")
+    has_run = out_dir.is_dir() and any(out_dir.iterdir())
+    if resume and not (out_dir / "last.pt").is_file():
+        raise BadInput(f"--resume: {str(out_dir / 'last.pt')!r} does not exist; "
+                       f"start the run without --resume")
+    if has_run and not resume and not overwrite:
+        raise BadInput(f"run directory {str(out_dir)!r} is not empty; pass --resume to "
+                       f"continue it or --overwrite to start over")
+
+
+def _clear_run_files(out_dir: Path) -> None:
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for path in out_dir.glob("epoch_*.pt"):
+        path.unlink()
+
+
+# --- one epoch -------------------------------------------------------------------------------
+
+
+@dataclass
+class Engine:
+    """What a training step needs: the model (raw and possibly compiled), optimizer, settings."""
+
+    cfg: TrainConfig
+    net: nn.Module            # the module whose state_dict is saved
+    forward: nn.Module        # net or torch.compile(net)
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    amp: torch.dtype | None
+
+    @property
+    def eps(self) -> float:
+        return self.cfg.eps_255 / 255.0
+
+    @property
+    def step_size(self) -> float:
+        return self.cfg.alpha_255 / 255.0
+
+    def autocast(self):
+        if self.amp is None:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+
+def _attack_generator(device: torch.device, seed: int, epoch: int, stream: int) -> torch.Generator:
+    from harness.data import epoch_seed
+
+    return torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, stream))
+
+
+def train_one_epoch(engine: Engine, batches, epoch: int,
+                    on_batch: Callable[[], None] | None = None) -> dict[str, float]:
+    """One epoch (0-based ``epoch``) of PGD training; returns the train metrics and last lr.
+
+    Sums stay on the device and are read once at the end: no host sync per step.
+    """
+    from harness.attacks import pgd
+
+    cfg, model = engine.cfg, engine.forward
+    n_batches = len(batches)
+    generator = _attack_generator(engine.device, cfg.seed, epoch, STREAM_TRAIN_ATTACK)
+    sums = torch.zeros(4, device=engine.device, dtype=torch.float64)
+    count = 0
+    lr = cfg.lr
+    model.train()
+    for i, (x, y) in enumerate(batches.epoch(epoch, cfg.seed, augment=cfg.augment)):
+        lr = piecewise_lr(epoch + (i + 1) / n_batches, cfg)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        delta = pgd(model, x, y, eps=engine.eps, alpha=engine.step_size, steps=cfg.train_steps,
+                    restarts=cfg.train_restarts, norm=cfg.norm, bn_mode=cfg.attack_bn,
+                    generator=generator, autocast_dtype=engine.amp)
+        x_adv = (x + delta).clamp_(0.0, 1.0)
+        with engine.autocast():
+            robust_logits = model(x_adv)
+        robust_loss = F.cross_entropy(robust_logits.float(), y)
+        engine.optimizer.zero_grad(set_to_none=True)
+        robust_loss.backward()
+        engine.optimizer.step()
+        with torch.no_grad(), engine.autocast():
+            clean_logits = model(x)  # train mode, after the step: Rice et al.'s train numbers
+        clean_loss = F.cross_entropy(clean_logits.float(), y)
+        b = y.shape[0]
+        sums += torch.stack([
+            robust_loss.detach().double() * b,
+            (robust_logits.detach().argmax(1) == y).sum().double(),
+            clean_loss.double() * b,
+            (clean_logits.argmax(1) == y).sum().double()])
+        count += b
+        if on_batch is not None:
+            on_batch()
+    values = (sums / count).tolist()
+    return {"lr": lr, "train_clean_loss": values[2], "train_clean_acc": values[3],
+            "train_robust_loss": values[0], "train_robust_acc": values[1]}
+
+
+def evaluate_part(engine: Engine, batches, epoch: int, stream: int, prefix: str,
+                  on_batch: Callable[[], None] | None = None) -> dict[str, float]:
+    """Clean and PGD (``eval_steps``, ``eval_restarts``) metrics of a set, model in eval mode."""
+    from harness.evaluate import evaluate_robust
+
+    cfg = engine.cfg
+    result = evaluate_robust(
+        engine.forward, batches, eps=engine.eps, alpha=engine.step_size, steps=cfg.eval_steps,
+        restarts=cfg.eval_restarts, norm=cfg.norm,
+        generator=_attack_generator(engine.device, cfg.seed, epoch, stream),
+        autocast_dtype=engine.amp, on_batch=on_batch)
+    return {f"{prefix}_{key}": result[key] for key in
+            ("clean_loss", "clean_acc", "robust_loss", "robust_acc")}
+
+
+def hessian_summary(net: nn.Module, batches, n: int) -> dict[str, float] | None:
+    """Batch mean and median of the input-Hessian lambda_max on the first ``n`` images.
+
+    Uses ``curvtools.spectra.input_hessian_eigenvalues`` (fp32, eval mode). Returns None with a
+    warning when that module is not available.
+    """
+    try:
+        from curvtools.spectra import input_hessian_eigenvalues
+    except ImportError as err:
+        warnings.warn(f"--hessian-every: curvtools.spectra is not available ({err}); skipped",
+                      stacklevel=2)
+        return None
+    was_training = net.training
+    net.eval()
+    values = []
+    taken = 0
+    for x, y in batches.in_order():
+        if taken >= n:
+            break
+        x, y = x[: n - taken].contiguous(), y[: n - taken]
+        result = input_hessian_eigenvalues(net, x, y, which=("max",))
+        values.append(result.lambda_max.detach().float().cpu())
+        taken += len(y)
+    net.train(was_training)
+    lam = torch.cat(values)
+    return {"hessian_lambda_max_mean": float(lam.mean()),
+            "hessian_lambda_max_median": float(lam.median())}
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch_cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: Mapping[str, Any], device: torch.device) -> None:
+    if "torch_cpu" in state:
+        torch.set_rng_state(state["torch_cpu"].cpu())
+    if device.type == "cuda" and "torch_cuda" in state:
+        # a checkpoint from a machine with another GPU count: keep the fresh CUDA RNG
+        with contextlib.suppress(RuntimeError, IndexError):
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
+
+
+def _check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any]) -> None:
+    current = cfg.to_dict()
+    for key, value in stored.items():
+        if key in RESUMABLE_CHANGES or key not in current:
+            continue
+        if current[key] != value:
+            raise BadInput(f"--resume: setting {key}={current[key]!r} differs from the run's "
+                           f"{value!r}; only {', '.join(RESUMABLE_CHANGES)} may change")
+
+
+def _model_config(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
+    return {"arch": cfg.arch, "act": cfg.activation().config(), "num_classes": data.num_classes,
+            "in_channels": data.in_channels, "width": float(cfg.width),
+            "mean": list(data.mean), "std": list(data.std)}
+
+
+def _run_record(cfg: TrainConfig, data: RunData, model_config: dict, device: torch.device,
+                amp: torch.dtype | None, channels_last: bool) -> dict[str, Any]:
+    return {
+        "train_config": cfg.to_dict(),
+        "resolved": {"device": str(device), "device_name": _device_name(device),
+                     "precision": "bf16" if amp is not None else "fp32",
+                     "channels_last": channels_last, "compile": cfg.compile,
+                     "lr_milestones": cfg.milestones(), "eps": cfg.eps_255 / 255.0,
+                     "step_size": cfg.alpha_255 / 255.0},
+        "model_config": model_config,
+        "data": {"source": data.source_info, "split_seed": cfg.split_seed,
+                 "val_fraction": cfg.val_fraction,
+                 **{f"num_{p}": int(len(i)) for p, i in data.indices.items()},
+                 **{f"{p}_indices_sha256": _indices_hash(i) for p, i in data.indices.items()}},
+        "versions": _versions(),
+        "command": " ".join(sys.argv),
+    }
+
+
+def _checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dict,
+                        best: float) -> dict[str, Any]:
+    cfg = engine.cfg
+    return {"model": engine.net.state_dict(), "config": model_config,
+            "train_config": cfg.to_dict(), "epoch": epoch, "metrics": row,
+            "optimizer": engine.optimizer.state_dict(),
+            "scheduler": {"kind": "piecewise", "milestones": cfg.milestones(),
+                          "gamma": cfg.lr_gamma, "lr": cfg.lr, "epochs_done": epoch},
+            "rng": _rng_state(engine.device), "best_val_robust_acc": best}
+
+
+def _build_engine(cfg: TrainConfig, model_config: dict, device: torch.device,
+                  amp: torch.dtype | None, channels_last: bool) -> Engine:
+    from harness.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    net = build_model(model_config).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    forward = torch.compile(net) if cfg.compile else net
+    extra = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, **extra)
+    return Engine(cfg, net, forward, optimizer, device, amp)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+                 overwrite: bool = False, progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """Train per ``cfg`` into ``out_dir``; returns the metrics rows of all finished epochs.
+
+    ``resume`` continues from ``out_dir/last.pt`` (settings other than
+    :data:`RESUMABLE_CHANGES` must match); ``overwrite`` deletes an existing run's files first.
+    Without either, a non-empty ``out_dir`` raises :class:`BadInput` and nothing is touched.
+    Raises :class:`TrainingDiverged` when the training loss becomes NaN/inf (``best.pt`` and
+    ``last.pt`` then hold the last good epoch). ``progress`` shows a rich progress bar and
+    prints one summary line per epoch (``log`` receives the same lines when given).
+    """
+    from harness.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg.validate()
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, resume, overwrite)
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out_dir / "last.pt")
+        _check_resume_config(cfg, ckpt.get("train_config", {}))
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype_for(cfg.precision, device)
+    # channels_last by default on every device: on CUDA for the tensor cores, on CPU because
+    # oneDNN's NHWC convolutions made the PGD-10 training step 1.13-1.47x faster here
+    # (bench/train_throughput.py, PreActResNet-18 widths 1/16 to 1; docs/benchmarks.md).
+    channels_last = cfg.channels_last if cfg.channels_last is not None else True
+    data = load_run_data(cfg, device, channels_last)  # may raise BadInput: nothing written yet
+    model_config = _model_config(cfg, data)
+    engine = _build_engine(cfg, model_config, device, amp, channels_last)
+
+    start_epoch, best = 0, -1.0
+    if ckpt is not None:
+        engine.net.load_state_dict(ckpt["model"])
+        engine.optimizer.load_state_dict(ckpt["optimizer"])
+        _restore_rng(ckpt.get("rng", {}), device)
+        start_epoch, best = int(ckpt["epoch"]), float(ckpt.get("best_val_robust_acc", -1.0))
+    elif overwrite and out_dir.is_dir():
+        _clear_run_files(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "DONE").unlink(missing_ok=True)
+    record = _run_record(cfg, data, model_config, device, amp, channels_last)
+    _write_text_atomic(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    metrics_path = out_dir / "metrics.jsonl"
+    rows = [r for r in read_metrics(metrics_path) if int(r.get("epoch", 0)) <= start_epoch]
+    if ckpt is not None and start_epoch and not any(r.get("epoch") == start_epoch for r in rows):
+        rows.append(dict(ckpt["metrics"]))  # the file lost the checkpoint's row: restore it
+    _write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    reporter = _Reporter(progress, log, cfg.epochs, start_epoch, len(data.train),
+                         len(data.val) if hasattr(data.val, "__len__") else 0,
+                         len(data.test) if hasattr(data.test, "__len__") else 0)
+    with reporter:
+        for epoch in range(start_epoch, cfg.epochs):
+            row = _run_epoch(engine, data, epoch, reporter)
+            if not all(math.isfinite(row[k]) for k in ("train_robust_loss", "train_clean_loss")):
+                kept = (f"best.pt and last.pt keep epoch {epoch} or earlier" if epoch
+                        else "no checkpoint was written")
+                message = (f"training diverged: non-finite training loss in epoch {epoch + 1} "
+                           f"(lr {row['lr']:g}); {kept}")
+                reporter.line(message)
+                raise TrainingDiverged(message)
+            # The row goes first: a crash before last.pt is written leaves a row past the
+            # checkpoint, which resuming truncates and recomputes (never a lost epoch).
+            _append_metrics(metrics_path, row)
+            rows.append(row)
+            payload = _checkpoint_payload(engine, model_config, epoch + 1, row,
+                                          max(best, row["val_robust_acc"]))
+            if row["val_robust_acc"] > best:
+                best = row["val_robust_acc"]
+                save_checkpoint(out_dir / "best.pt", payload)
+            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+                save_checkpoint(out_dir / f"epoch_{epoch + 1:04d}.pt", payload)
+            save_checkpoint(out_dir / "last.pt", payload)
+            reporter.epoch_line(row)
+    _write_text_atomic(out_dir / "DONE", json.dumps({"epochs": cfg.epochs,
+                                                     "finished": time.time()}) + "\n")
+    return rows
+
+
+def _run_epoch(engine: Engine, data: RunData, epoch: int, reporter: _Reporter) -> dict:
+    cfg = engine.cfg
+    started = time.perf_counter()
+    train = train_one_epoch(engine, data.train, epoch, on_batch=reporter.train_step)
+    _sync(engine.device)
+    train_seconds = time.perf_counter() - started
+    row: dict[str, Any] = {"epoch": epoch + 1, "lr": train.pop("lr"),
+                           "train_seconds": round(train_seconds, 3), "eval_seconds": 0.0}
+    row.update(train)
+    if not math.isfinite(row["train_robust_loss"]):
+        return row | {f"{p}_{m}": math.nan for p in ("val", "test")
+                      for m in ("clean_loss", "clean_acc", "robust_loss", "robust_acc")}
+    started = time.perf_counter()
+    reporter.start_eval()
+    row.update(evaluate_part(engine, data.val, epoch, STREAM_VAL_ATTACK, "val",
+                             reporter.eval_step))
+    row.update(evaluate_part(engine, data.test, epoch, STREAM_TEST_ATTACK, "test",
+                             reporter.eval_step))
+    if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
+        summary = hessian_summary(engine.net, data.test, cfg.hessian_examples)
+        if summary is not None:
+            row.update(summary)
+    _sync(engine.device)
+    row["eval_seconds"] = round(time.perf_counter() - started, 3)
+    reporter.end_eval()
+    return row
+
+
+class _Reporter:
+    """Rich progress bar (rate and ETA) over all training batches, plus one line per epoch."""
+
+    def __init__(self, enabled: bool, log: Callable[[str], None] | None, epochs: int,
+                 start_epoch: int, n_train: int, n_val: int, n_test: int):
+        self.enabled, self.log = enabled, log
+        self.epochs, self.epoch = epochs, start_epoch
+        self.n_train, self.n_eval = n_train, n_val + n_test
+        self.progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), transient=False)
+            self.progress.__enter__()
+            done = self.epoch * self.n_train
+            self.task = self.progress.add_task("train", total=self.epochs * self.n_train,
+                                               completed=done, rate="")
+            self.eval_task = self.progress.add_task("eval", total=self.n_eval, visible=False,
+                                                    rate="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        return False
+
+    def train_step(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+            speed = self.progress.tasks[self.task].speed
+            if speed:
+                self.progress.update(self.task, rate=f"{speed:.2f} batch/s")
+
+    def start_eval(self) -> None:
+        if self.progress is not None:
+            self.progress.reset(self.eval_task, total=self.n_eval, visible=True,
+                                description=f"eval epoch {self.epoch + 1}")
+
+    def eval_step(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.eval_task)
+
+    def end_eval(self) -> None:
+        if self.progress is not None:
+            self.progress.update(self.eval_task, visible=False)
+        self.epoch += 1
+
+    def line(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, soft_wrap=True)
+
+    def epoch_line(self, row: dict) -> None:
+        self.line(format_epoch_line(row, self.epochs))
+
+
+def format_epoch_line(row: Mapping[str, Any], epochs: int) -> str:
+    """One-line epoch summary, accuracies in percent."""
+    def pct(key):
+        return f"{100 * row[key]:5.1f}" if key in row else "  -  "
+
+    text = (f"epoch {row['epoch']:>3}/{epochs} lr {row['lr']:.4g} | train clean "
+            f"{pct('train_clean_acc')}"
+            f" robust {pct('train_robust_acc')} | val clean {pct('val_clean_acc')} robust "
+            f"{pct('val_robust_acc')} | test clean {pct('test_clean_acc')} robust "
+            f"{pct('test_robust_acc')} | {row['train_seconds']:.1f}s + {row['eval_seconds']:.1f}s")
+    if "hessian_lambda_max_mean" in row:
+        text += f" | lambda_max mean {row['hessian_lambda_max_mean']:.3g}"
+    return text

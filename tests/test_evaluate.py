@@ -1,0 +1,118 @@
+"""harness.evaluate: our PGD against torchattacks' PGD on a small adversarially trained model,
+eps = 0 gives clean accuracy exactly, and ``harness eval``'s checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from curvtools.errors import BadInput
+from harness.evaluate import evaluate_checkpoint, evaluate_robust, torchattacks_perturb
+from harness.train import TrainConfig, run_training
+
+
+@pytest.fixture(scope="module")
+def digits_ckpt(tmp_path_factory):
+    """A briefly trained width-1/16 PreActResNet-18 checkpoint (for the ``harness eval`` path)."""
+    out = tmp_path_factory.mktemp("digits-run")
+    cfg = TrainConfig.from_dict(dict(
+        dataset="digits", width=0.0625, epochs=1, batch_size=50, train_subset=200,
+        val_subset=20, test_subset=20, train_steps=1, eval_steps=1, eps_255=16, alpha_255=8,
+        lr=0.05, lr_milestones=None))
+    run_training(cfg, out, progress=False)
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def robust_digits_net():
+    """A small CNN adversarially trained on digits (PGD-2, eps 16/255): ~97% clean and ~90%
+    robust test accuracy on this CPU, so an attack has both examples to break and to miss."""
+    from harness.attacks import pgd
+    from harness.data import open_source
+
+    src = open_source("digits")
+
+    def part(name):
+        labels = torch.as_tensor(src.labels(name))
+        return src.images(name, range(len(labels))).float() / 255, labels
+
+    (x_train, y_train), (x_test, y_test) = part("train"), part("test")
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 64, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        perm = torch.randperm(len(y_train), generator=g)
+        for i in range(0, len(y_train), 64):
+            x, y = x_train[perm[i:i + 64]], y_train[perm[i:i + 64]]
+            delta = pgd(net, x, y, eps=EPS, alpha=EPS / 2, steps=2, bn_mode="train", generator=g)
+            opt.zero_grad()
+            F.cross_entropy(net((x + delta).clamp(0, 1)), y).backward()
+            opt.step()
+    return net.eval(), x_test, y_test
+
+
+EPS = 16 / 255
+
+
+def test_our_pgd_is_at_least_as_strong_as_torchattacks_pgd(robust_digits_net):
+    net, x, y = robust_digits_net
+    kw = dict(eps=EPS, alpha=EPS / 4, steps=10)
+    ours = evaluate_robust(net, [(x, y)], restarts=5, generator=torch.Generator().manual_seed(0),
+                           **kw)
+    ours_single = evaluate_robust(net, [(x, y)], generator=torch.Generator().manual_seed(0), **kw)
+    theirs = evaluate_robust(net, [(x, y)], perturb=torchattacks_perturb(
+        net, "torchattacks-pgd", num_classes=10, **kw), **kw)
+    print(f"robust accuracy on {len(y)} digits: ours PGD-10x5 {ours['robust_acc']:.4f}, "
+          f"ours PGD-10x1 {ours_single['robust_acc']:.4f}, torchattacks PGD-10 "
+          f"{theirs['robust_acc']:.4f}, clean {ours['clean_acc']:.4f}")
+    assert ours["clean_acc"] == theirs["clean_acc"] > 0.9
+    assert ours["robust_acc"] < ours["clean_acc"]  # the attack bites
+    assert ours["robust_acc"] > 0.5  # and the model is robust enough to tell attacks apart
+    assert ours["robust_acc"] <= theirs["robust_acc"] + 0.005
+    assert abs(ours_single["robust_acc"] - theirs["robust_acc"]) <= 0.03
+
+
+def test_eval_command_path_runs_ours_and_torchattacks_on_a_checkpoint(digits_ckpt):
+    common = dict(n=60, steps=3, eps_255=16, alpha_255=6, device="cpu", batch_size=30)
+    ours = evaluate_checkpoint(digits_ckpt, attack="pgd", restarts=2, **common)
+    theirs = evaluate_checkpoint(digits_ckpt, attack="torchattacks-pgd", **common)
+    assert ours["n"] == theirs["n"] == 60 and ours["epoch"] == 1
+    assert ours["clean_acc"] == theirs["clean_acc"]
+    assert ours["robust_acc"] <= ours["clean_acc"]
+    assert ours["restarts"] == 2 and theirs["restarts"] == 1
+
+
+def test_eps_zero_gives_clean_accuracy_exactly(digits_ckpt):
+    from harness.checkpoint import load_model
+
+    model, _ = load_model(digits_ckpt)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
+    result = evaluate_robust(model, [(x, y)], eps=0.0, alpha=2 / 255, steps=5, restarts=2)
+    assert result["robust_acc"] == result["clean_acc"]
+    assert result["robust_loss"] == result["clean_loss"]
+
+
+def test_evaluate_restores_the_model_mode(digits_ckpt):
+    from harness.checkpoint import load_model
+
+    model, _ = load_model(digits_ckpt)
+    model.train()
+    x, y = torch.rand(8, 1, 16, 16), torch.zeros(8, dtype=torch.long)
+    evaluate_robust(model, [(x, y)], eps=0.1, alpha=0.05, steps=1)
+    assert model.training
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(attack="cw"), "attack"), (dict(steps=0), "steps"), (dict(restarts=0), "restarts"),
+    (dict(n=0), "--n"), (dict(eps_255=-1), "eps"), (dict(norm="l1"), "norm"),
+])
+def test_bad_eval_settings_raise_bad_input(digits_ckpt, kw, match):
+    with pytest.raises(BadInput, match=match):
+        evaluate_checkpoint(digits_ckpt, device="cpu", **kw)
