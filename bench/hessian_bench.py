@@ -1,0 +1,270 @@
+"""Input-Hessian lambda_max per example: batched Lanczos vs per-example power iteration vs eigsh.
+
+Same net, same test images, target 1e-3 relative accuracy per example. Methods:
+
+- ``lanczos``: :func:`curvtools.spectra.input_hessian_eigenvalues` (batched forward-over-reverse
+  HVPs, batched Lanczos, tol 1e-3), batches of ``--batch``;
+- ``power``: per-example power iteration with double backward, the PyHessian method
+  (``autograd.grad(create_graph=True)`` once, then ``grad(g . v)`` per step; stop when the
+  Rayleigh quotient changes by < tol relative), one example at a time;
+- ``power_oracle``: the same, but stopped once within tol of the reference (time to 1e-3 relative
+  accuracy; examples where it heads for the wrong eigenvalue run to ``--power-max-iter``);
+- ``eigsh``: ``scipy.sparse.linalg.eigsh(which="LA", k=1, tol=1e-3)`` per example, with the same
+  double-backward HVP as a LinearOperator.
+
+Reference: float64 batched Lanczos with tol 1e-9 (max_iter = input dimension, i.e. exact when run
+to the end). "wrong eigenvalue": the estimate is closer to lambda_min than to lambda_max, i.e.
+the method returned the most negative eigenvalue.
+
+The net: ``--ckpt PATH`` (a harness checkpoint; images from its test set) or, by default, a
+PreActResNet-18 of ``--width`` with ``--act`` trained for ``--train-steps`` SGD steps on the digits
+dataset (scikit-learn, offline; 16x16x1 images), or random-init with ``--train-steps 0`` (then the
+output says so). Prints one JSON object.
+
+    python bench/hessian_bench.py --n 64 --width 0.25 --train-steps 150 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from curvtools.activations import resolve  # noqa: E402
+from curvtools.hvp import DTYPES  # noqa: E402
+from curvtools.spectra import input_hessian_eigenvalues  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def digits_model(args, device):
+    """PreActResNet-18 (width ``args.width``) trained briefly on digits; returns (model, x, y)."""
+    from harness.data import open_source
+    from harness.models import build_model
+
+    source = open_source("digits", "data")
+    config = {"arch": "preactresnet18", "act": resolve(args.act).config(), "num_classes": 10,
+              "in_channels": 1, "width": args.width, "mean": list(source.mean),
+              "std": list(source.std)}
+    torch.manual_seed(args.seed)
+    model = build_model(config).to(device)
+    train_y = torch.as_tensor(source.labels("train"), device=device)
+    train_x = source.images("train", np.arange(len(train_y))).float().div(255).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    model.train()
+    for _ in range(args.train_steps):
+        idx = torch.randint(0, len(train_y), (128,), generator=gen).to(device)
+        loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    test_y = torch.as_tensor(source.labels("test"), device=device)
+    test_x = source.images("test", np.arange(len(test_y))).float().div(255).to(device)
+    with torch.no_grad():
+        acc = float((model(test_x).argmax(1) == test_y).float().mean())
+    keep = torch.randperm(len(test_y), generator=gen)[: args.n].sort().values.to(device)
+    label = (f"PreActResNet-18 width {args.width} {args.act}, digits, "
+             + (f"{args.train_steps} SGD steps, test acc {acc:.3f}" if args.train_steps
+                else "RANDOM INIT (timing only)"))
+    return model, test_x[keep], test_y[keep], label
+
+
+def checkpoint_model(args, device):
+    from curvtools.cli_spectra import load_test_images
+    from harness.checkpoint import load_model
+
+    model, ckpt = load_model(args.ckpt, device=device)
+    x, y, _ = load_test_images(ckpt, args.n, args.seed, args.data_dir)
+    return model, x.to(device), y.to(device), f"checkpoint {args.ckpt}"
+
+
+def double_backward_hvp(model, x1, y1):
+    """The PyHessian-style HVP closure for one example: grad with create_graph, then grad(g.v)."""
+    x1 = x1.detach().clone().requires_grad_(True)
+    loss = F.cross_entropy(model(x1), y1, reduction="sum")
+    (g,) = torch.autograd.grad(loss, x1, create_graph=True)
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        (hv,) = torch.autograd.grad((g * v.reshape(g.shape)).sum(), x1, retain_graph=True)
+        return hv.reshape(-1)
+
+    return hvp
+
+
+def run_lanczos(model, x, y, args, device):
+    _sync(device)
+    start = time.perf_counter()
+    lam, iters, conv, work = [], [], [], 0
+    for lo in range(0, len(y), args.batch):
+        res = input_hessian_eigenvalues(model, x[lo : lo + args.batch], y[lo : lo + args.batch],
+                                        tol=args.tol, max_iter=args.max_iter,
+                                        dtype=DTYPES[args.dtype], seed=args.seed,
+                                        which=("max",) if args.which == "max" else ("max", "min"))
+        lam.append(res.lambda_max.numpy())
+        iters.append(res.iterations.numpy())
+        conv.append(res.converged.numpy())
+        work += res.hvp_batches * len(y[lo : lo + args.batch])
+    _sync(device)
+    return {"seconds": time.perf_counter() - start, "lambda_max": np.concatenate(lam),
+            "hvps_per_example": np.concatenate(iters), "hvps_computed": work,
+            "converged": np.concatenate(conv)}
+
+
+def run_power(model, x, y, args, device, oracle=None):
+    """Per-example power iteration; stops by PyHessian's rule, or, with ``oracle`` (reference
+    lambda_max per example), once within ``tol`` of it (time-to-accuracy; never for examples
+    where it converges to the wrong eigenvalue: those run to the cap)."""
+    _sync(device)
+    start = time.perf_counter()
+    lam, iters = [], []
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    with torch.enable_grad():
+        for i in range(len(y)):
+            hvp = double_backward_hvp(model, x[i : i + 1], y[i : i + 1])
+            v = torch.randn(x[i].numel(), device=device, generator=gen, dtype=x.dtype)
+            v = v / v.norm()
+            est, used = float("nan"), 0
+            while used < args.power_max_iter:
+                hv = hvp(v)
+                used += 1
+                new = float(hv @ v)  # PyHessian syncs here too (it compares on the host)
+                v = hv / hv.norm()
+                settled = (abs(new - est) <= args.tol * abs(new) if oracle is None
+                           else abs(new - oracle[i]) <= args.tol * abs(oracle[i]))
+                est = new
+                if settled:
+                    break
+            lam.append(est)
+            iters.append(used)
+    _sync(device)
+    return {"seconds": time.perf_counter() - start, "lambda_max": np.array(lam),
+            "hvps_per_example": np.array(iters), "hvps_computed": int(np.sum(iters))}
+
+
+def run_eigsh(model, x, y, args, device):
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    _sync(device)
+    start = time.perf_counter()
+    lam, calls = [], []
+    n = x[0].numel()
+    with torch.enable_grad():
+        for i in range(len(y)):
+            hvp = double_backward_hvp(model, x[i : i + 1], y[i : i + 1])
+            count = [0]
+
+            def matvec(v, hvp=hvp, count=count):
+                count[0] += 1
+                t = torch.as_tensor(np.asarray(v).reshape(-1), dtype=x.dtype, device=device)
+                return hvp(t).double().cpu().numpy()
+
+            op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+            v0 = np.random.default_rng(args.seed + i).standard_normal(n)
+            lam.append(float(eigsh(op, k=1, which="LA", tol=args.tol, v0=v0,
+                                   maxiter=args.max_iter * 10)[0][0]))
+            calls.append(count[0])
+    _sync(device)
+    return {"seconds": time.perf_counter() - start, "lambda_max": np.array(lam),
+            "hvps_per_example": np.array(calls), "hvps_computed": int(np.sum(calls))}
+
+
+def summarize(name, out, ref_max, ref_min):
+    err = np.abs(out["lambda_max"] - ref_max) / np.maximum(np.abs(ref_max), 1e-30)
+    wrong = np.abs(out["lambda_max"] - ref_min) < np.abs(out["lambda_max"] - ref_max)
+    row = {"method": name, "seconds": round(out["seconds"], 3),
+           "hvps_per_example_mean": float(np.mean(out["hvps_per_example"])),
+           "hvps_computed": int(out["hvps_computed"]),
+           "rel_err_median": float(np.median(err)), "rel_err_max": float(np.max(err)),
+           "share_within_1e-3": float(np.mean(err <= 1e-3)),
+           "wrong_eigenvalue_count": int(np.sum(wrong))}
+    if "converged" in out:
+        row["share_converged"] = float(np.mean(out["converged"]))
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", type=str, default=None, help="harness checkpoint (default: train "
+                   "a digits net here)")
+    p.add_argument("--data-dir", type=str, default=None, help="dataset folder for --ckpt")
+    p.add_argument("--n", type=int, default=256, help="test images")
+    p.add_argument("--batch", type=int, default=256, help="Lanczos batch size")
+    p.add_argument("--width", type=float, default=0.25, help="PreActResNet-18 width multiplier")
+    p.add_argument("--act", type=str, default="silu", help="activation (registry name)")
+    p.add_argument("--train-steps", type=int, default=300, help="SGD steps on digits (0: random)")
+    p.add_argument("--tol", type=float, default=1e-3, help="target relative accuracy")
+    p.add_argument("--max-iter", type=int, default=100, help="Lanczos iteration cap")
+    p.add_argument("--power-max-iter", type=int, default=300, help="power iteration cap")
+    p.add_argument("--ref-max-iter", type=int, default=256, help="reference Lanczos cap")
+    p.add_argument("--methods", type=str, default="lanczos,power,power_oracle,eigsh",
+                   help="comma list of lanczos, power, power_oracle, eigsh")
+    p.add_argument("--which", choices=["max", "both"], default="max",
+                   help="Lanczos convergence on lambda_max only (like power iteration) or on "
+                   "lambda_max and lambda_min")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                   help="precision of the HVPs of every method (the reference is float64)")
+    p.add_argument("--device", type=str, default=None, help="cpu or cuda (default: auto)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    model, x, y, label = (checkpoint_model if args.ckpt else digits_model)(args, device)
+    n_dim = x[0].numel()
+    # Warm-up (one-time imports and kernel selection) outside the timings.
+    input_hessian_eigenvalues(model, x[:2], y[:2], tol=1e-1, max_iter=5)
+    double_backward_hvp(model, x[:1], y[:1])(torch.ones(n_dim, device=device))
+
+    ref = input_hessian_eigenvalues(model, x, y, tol=1e-9, max_iter=min(n_dim, args.ref_max_iter),
+                                    dtype=torch.float64, seed=args.seed + 1)
+    ref_max, ref_min = ref.lambda_max.numpy(), ref.lambda_min.numpy()
+    def run_power_oracle(*a):
+        return run_power(*a, oracle=ref_max)
+
+    runners = {"lanczos": run_lanczos, "power": run_power, "power_oracle": run_power_oracle,
+               "eigsh": run_eigsh}
+    # The per-example baselines run in the same precision as the Lanczos HVPs.
+    model_b, x_b = copy.deepcopy(model).to(DTYPES[args.dtype]), x.to(DTYPES[args.dtype])
+    rows = []
+    for m in args.methods.split(","):
+        rows.append(summarize(m, runners[m](model_b if m != "lanczos" else model,
+                                            x_b if m != "lanczos" else x, y, args, device),
+                              ref_max, ref_min))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    by = {r["method"]: r for r in rows}
+    speedup = ({k: round(by[k]["seconds"] / by["lanczos"]["seconds"], 2)
+                for k in by if k != "lanczos"} if "lanczos" in by else {})
+    print(json.dumps({
+        "net": label, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "n": len(y), "input_dim": n_dim,
+        "tol": args.tol, "batch": args.batch, "dtype": args.dtype, "which": args.which,
+        "torch": torch.__version__,
+        "reference": {"method": "float64 batched Lanczos tol 1e-9",
+                      "share_converged": float(ref.converged.float().mean()),
+                      "lambda_max_median": float(np.median(ref_max)),
+                      "lambda_min_median": float(np.median(ref_min)),
+                      "share_negative_dominates": float(np.mean(np.abs(ref_min) > ref_max))},
+        "methods": rows, "wall_time_ratio_vs_lanczos": speedup}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""`curvtools hessian` and `curvtools lemma` on a tiny checkpoint (digits, width-1/16 net)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from curvtools.activations import resolve
+from curvtools.cli import main
+from curvtools.cli_spectra import checkpoints_in_run, load_test_images
+from curvtools.spectra import input_hessian_eigenvalues
+
+
+def _save_tiny_checkpoint(path, epoch: int, seed: int = 0, act: str = "relu") -> None:
+    from harness.checkpoint import save_checkpoint
+    from harness.models import build_model
+
+    config = {"arch": "preactresnet18", "act": resolve(act).config(), "num_classes": 10,
+              "in_channels": 1, "width": 1 / 16, "mean": [0.3], "std": [0.4]}
+    torch.manual_seed(seed)
+    model = build_model(config).eval()
+    save_checkpoint(path, {"model": model.state_dict(), "config": config, "epoch": epoch,
+                           "train_config": {"dataset": "digits", "data_dir": "data"},
+                           "metrics": {}})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    _save_tiny_checkpoint(folder / "epoch_0002.pt", 2, seed=2)
+    _save_tiny_checkpoint(folder / "epoch_0001.pt", 1, seed=1)
+    _save_tiny_checkpoint(folder / "last.pt", 2, seed=2)
+    _save_tiny_checkpoint(folder / "silu.pt", 3, seed=3, act="silu")
+    return folder
+
+
+def test_hessian_cli_writes_json_csv_plot_matching_the_library(run_dir, tmp_path, capsys):
+    out = tmp_path / "h.json"
+    main(["hessian", "--ckpt", str(run_dir / "silu.pt"), "--n", "3", "--batch", "2",
+          "--dtype", "float64", "--tol", "1e-2", "--max-iter", "20", "--json", str(out),
+          "--csv", str(tmp_path / "h.csv"), "--plot", str(tmp_path / "h.png"), "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert "lambda_max" in printed and "share |lambda_min| > lambda_max" in printed
+    body = json.loads(out.read_text())
+    assert len(body["examples"]) == 3 and body["summary"]["n"] == 3
+    assert (tmp_path / "h.png").stat().st_size > 0
+    assert len((tmp_path / "h.csv").read_text().strip().splitlines()) == 4
+
+    from harness.checkpoint import load_model
+
+    model, ckpt = load_model(run_dir / "silu.pt")
+    x, y, indices = load_test_images(ckpt, 3, 0, None)
+    assert [e["index"] for e in body["examples"]] == [int(i) for i in indices]
+    direct = input_hessian_eigenvalues(model, x[:2], y[:2], tol=1e-2, max_iter=20,
+                                       dtype=torch.float64)
+    got = np.array([e["lambda_max"] for e in body["examples"][:2]])
+    np.testing.assert_allclose(got, direct.lambda_max.numpy(), rtol=1e-9)
+    assert all(e["converged"] for e in body["examples"])
+
+
+def test_hessian_cli_on_a_run_directory_gives_lambda_max_per_checkpoint(run_dir, tmp_path,
+                                                                         capsys):
+    assert [p.name for p in checkpoints_in_run(run_dir)] == ["epoch_0001.pt", "epoch_0002.pt",
+                                                             "last.pt"]
+    out = tmp_path / "curve.json"
+    main(["hessian", "--ckpt", str(run_dir), "--n", "2", "--max-iter", "10", "--tol", "1e-2",
+          "--json", str(out), "--plot", str(tmp_path / "curve.png")])
+    body = json.loads(out.read_text())
+    assert [c["checkpoint"] for c in body["checkpoints"]] == ["epoch_0001.pt", "epoch_0002.pt",
+                                                              "last.pt"]
+    assert [c["epoch"] for c in body["checkpoints"]] == [1, 2, 2]
+    means = [c["summary"]["lambda_max"]["mean"] for c in body["checkpoints"]]
+    assert means[1] == pytest.approx(means[2], rel=1e-6)  # same weights, same images
+    assert "lambda_max per checkpoint" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["--function", "mse"], ["--n", "0"], ["--tol", "0"],
+                                  ["--dtype", "bfloat16"], ["--k", "0"]])
+def test_hessian_cli_bad_input_is_one_line_exit_2_and_leaves_outputs_alone(run_dir, tmp_path,
+                                                                           capsys, args):
+    out = tmp_path / "keep.json"
+    out.write_text("precious")
+    with pytest.raises(SystemExit) as exc:
+        main(["hessian", "--ckpt", str(run_dir / "last.pt"), "--json", str(out), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1
+    assert out.read_text() == "precious"
+
+
+def test_hessian_cli_missing_checkpoint_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["hessian", "--ckpt", str(tmp_path / "nope.pt")])
+    assert exc.value.code == 2 and "nope.pt" in capsys.readouterr().err
+
+
+def test_lemma_cli_reports_bounds_beside_the_attack(run_dir, tmp_path, capsys):
+    out = tmp_path / "lemma.json"
+    main(["lemma", "--ckpt", str(run_dir / "silu.pt"), "--n", "2", "--steps", "5",
+          "--bisect-steps", "3", "--eps-max", "8", "--max-iter", "30", "--tol", "1e-2",
+          "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "quadratic" in printed  # the bounds-vs-real-net caveat is printed
+    body = json.loads(out.read_text())
+    assert len(body["examples"]) == 2 and "quadratic" in body["note"]
+    for e in body["examples"]:
+        if e["correct"]:
+            assert e["c"] > 0 and e["g_norm"] > 0
+            assert e["attack_l2"] is None or 0 < e["attack_l2"] <= 8
+        else:
+            assert e["attack_l2"] == 0.0
+        assert e["nu"] is not None and math.isfinite(e["nu"])
+
+
+def test_lemma_quantities_and_attack_match_the_closed_form_on_a_linear_classifier():
+    # Two classes, logits W x + b: the margin is linear, so nu = 0, both bounds equal c / |g|,
+    # and that is also the exact l2 distance to the decision boundary (inside the pixel box).
+    from curvtools.cli_spectra import lemma_quantities, smallest_l2_attack
+    from curvtools.lemma import lemma1_bounds
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(10.0)
+    x = 0.45 + 0.1 * torch.rand(4, 2, 2, 2)
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)  # all correctly classified
+    q = lemma_quantities(model, x, y, tol=1e-8, max_iter=8, dtype=torch.float64, seed=0)
+    w = model[1].weight.detach().double()
+    direction = (w[y] - w[1 - y]).numpy()  # grad of the margin, per example
+    logits = model(x).detach().double()
+    margin = (logits.gather(1, y[:, None]) - logits.gather(1, (1 - y)[:, None])).squeeze(1)
+    np.testing.assert_allclose(q["c"], margin.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(q["g_norm"], np.linalg.norm(direction, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(q["nu"], 0.0, atol=1e-12)
+    lower, upper = lemma1_bounds(q["c"], q["g_norm"], q["nu"], q["g_dot_u"])
+    exact = margin.numpy() / np.linalg.norm(direction, axis=1)
+    np.testing.assert_allclose(lower, exact, rtol=1e-6)
+    attack = smallest_l2_attack(model, x, y, eps_max=1.0, bisect_steps=10, steps=20,
+                                restarts=1, seed=0)
+    assert np.all(attack >= exact - 1e-6)  # PGD cannot beat the exact minimum
+    # PGD-l2 from a random start keeps part of its orthogonal start component, so it lands a
+    # little outside the exact minimum; bisection resolution is 1/2^10.
+    assert np.all(attack <= 1.05 * exact)

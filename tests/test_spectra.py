@@ -1,0 +1,171 @@
+"""Per-example input-Hessian spectra of tiny nets against dense torch.func.hessian and scipy."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from curvtools.activations import resolve
+from curvtools.errors import BadInput
+from curvtools.hvp import batched_input_hvp, per_example_objective
+from curvtools.spectra import input_hessian_eigenvalues
+
+F64 = torch.float64
+SMOOTH = ["silu", "gelu", "mish", "lisht", "pswish", "softplus", "tanh"]
+CLASSES = 5
+
+
+def tiny_conv_net(act: str, channels: int = 2, size: int = 4, seed: int = 0) -> nn.Module:
+    """conv -> BN -> act -> linear -> act -> linear, in eval mode, non-trivial BN statistics."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), resolve(act).module(),
+        nn.Flatten(), nn.Linear(4 * size * size, 8), resolve(act).module(), nn.Linear(8, CLASSES),
+    )
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def batch(n: int = 3, channels: int = 2, size: int = 4, dtype=F64, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, channels, size, size, generator=g, dtype=dtype)
+    y = torch.randint(0, CLASSES, (n,), generator=g)
+    return x, y
+
+
+def dense_hessian(model, x1, y1, function="ce") -> torch.Tensor:
+    """The slow, obvious path: torch.func.hessian of one example's objective, [n, n]."""
+    model = model.double()
+    f = per_example_objective(model, x1[None].double(), y1[None], function)
+    shape = x1.shape
+    return torch.func.hessian(lambda z: f(z.reshape(1, *shape)).sum())(x1.double().reshape(-1))
+
+
+@pytest.mark.parametrize(("act", "function"), [(a, "ce") for a in SMOOTH + ["relu"]]
+                         + [("silu", "margin"), ("relu", "margin")])
+def test_lanczos_matches_dense_eigvalsh_max_min_and_top3(act, function):
+    model = tiny_conv_net(act)
+    x, y = batch(2)
+    res = input_hessian_eigenvalues(model, x, y, function=function, k=3, tol=1e-10, max_iter=32,
+                                    dtype=F64)
+    for i in range(x.shape[0]):
+        ev = torch.linalg.eigvalsh(dense_hessian(model, x[i], y[i], function))
+        # Distinct eigenvalues: a ReLU net's margin Hessian is 0 and its CE Hessian has repeated
+        # zeros, so compare top-3 only where they are well separated.
+        scale = float(ev.abs().max().clamp_min(1e-12))
+        torch.testing.assert_close(res.lambda_max[i], ev[-1], rtol=1e-4, atol=1e-10 * scale)
+        torch.testing.assert_close(res.lambda_min[i], ev[0], rtol=1e-4, atol=1e-10 * scale)
+        if act != "relu":
+            torch.testing.assert_close(res.top_k[i], ev.flip(0)[:3], rtol=1e-4, atol=0)
+    assert res.converged.all()
+    assert not torch.isnan(res.top_k[:, 0]).any()
+
+
+def test_relu_ce_hessian_is_gauss_newton_of_rank_below_classes_and_lanczos_handles_breakdown():
+    model = tiny_conv_net("relu").double()
+    x, y = batch(4)
+    res = input_hessian_eigenvalues(model, x, y, k=CLASSES - 1, tol=1e-10, max_iter=32,
+                                    dtype=F64, check_every=1)
+    for i in range(4):
+        h = dense_hessian(model, x[i], y[i])
+        jac = torch.func.jacrev(lambda z: model(z.reshape(1, 2, 4, 4))[0])(x[i].reshape(-1))
+        p = torch.softmax(model(x[i][None])[0], dim=0)
+        gauss_newton = jac.T @ (torch.diag(p) - torch.outer(p, p)) @ jac
+        torch.testing.assert_close(h, gauss_newton, rtol=1e-9, atol=1e-12)
+        ev = torch.linalg.eigvalsh(h)
+        assert int((ev.abs() > 1e-10 * ev.abs().max()).sum()) <= CLASSES - 1
+        assert ev[0] > -1e-10 * ev[-1]  # positive semi-definite
+        torch.testing.assert_close(res.top_k[i], ev.flip(0)[: CLASSES - 1], rtol=1e-4, atol=1e-12)
+    assert not torch.isnan(res.top_k).any() and not torch.isnan(res.residual).any()
+    # Rank <= classes - 1 plus the null component: breakdown by iteration `classes`.
+    assert (res.iterations <= CLASSES).all() and res.converged.all()
+
+
+def test_lanczos_agrees_with_scipy_eigsh_on_a_mid_sized_input():
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    model = tiny_conv_net("gelu", channels=3, size=16, seed=2)
+    x, y = batch(1, channels=3, size=16, seed=3)
+    # Ritz values err by about residual^2 / gap, so tol 1e-6 gives far better than 1e-6.
+    res = input_hessian_eigenvalues(model, x, y, tol=1e-6, max_iter=200, dtype=F64)
+    n = 3 * 16 * 16
+    hvp = batched_input_hvp(model, x, y, dtype=F64)
+
+    def matvec(v):
+        return hvp(torch.from_numpy(np.asarray(v, dtype=np.float64).reshape(1, n)))[0].numpy()
+
+    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(n)
+    top = eigsh(op, k=1, which="LA", tol=1e-8, v0=v0)[0][0]
+    bottom = eigsh(op, k=1, which="SA", tol=1e-8, v0=v0)[0][0]
+    assert res.lambda_max[0].item() == pytest.approx(top, rel=1e-6)
+    assert res.lambda_min[0].item() == pytest.approx(bottom, rel=1e-6)
+    assert res.converged.all()
+
+
+def test_batched_results_equal_one_example_at_a_time():
+    model = tiny_conv_net("silu")
+    x, y = batch(3)
+    together = input_hessian_eigenvalues(model, x, y, k=2, tol=1e-10, max_iter=32, dtype=F64)
+    for i in (0, 2):
+        alone = input_hessian_eigenvalues(model, x[i : i + 1], y[i : i + 1], k=2, tol=1e-10,
+                                          max_iter=32, dtype=F64)
+        torch.testing.assert_close(together.top_k[i], alone.top_k[0], rtol=1e-9, atol=0)
+        torch.testing.assert_close(together.lambda_min[i], alone.lambda_min[0], rtol=1e-9, atol=0)
+
+
+def test_hvp_is_block_diagonal_over_the_batch_in_eval_mode():
+    model = tiny_conv_net("mish").train()  # the helper must switch to eval itself
+    x, y = batch(3)
+    hvp = batched_input_hvp(model, x, y, dtype=F64)
+    v = torch.randn(3, 32, dtype=F64)
+    only_first = v.clone()
+    only_first[1:] = 0
+    hv, hv1 = hvp(v), hvp(only_first)
+    torch.testing.assert_close(hv1[0], hv[0], rtol=1e-12, atol=1e-14)  # i=0 ignores j=1,2
+    assert torch.equal(hv1[1:], torch.zeros_like(hv1[1:]))
+    dense0 = dense_hessian(model.eval(), x[0], y[0])
+    torch.testing.assert_close(hv[0], dense0 @ v[0], rtol=1e-10, atol=1e-12)
+    assert model.training is False  # dense_hessian put it in eval; the hvp restores modes
+
+
+def test_model_mode_and_dtype_are_restored_and_float32_agrees_with_float64():
+    model = tiny_conv_net("softplus").float().train()
+    x, y = batch(3, dtype=torch.float32)
+    r32 = input_hessian_eigenvalues(model, x, y, tol=1e-5, max_iter=32, dtype=torch.float32)
+    r64 = input_hessian_eigenvalues(model, x, y, tol=1e-10, max_iter=32, dtype=F64)
+    assert model.training and next(model.parameters()).dtype == torch.float32
+    torch.testing.assert_close(r32.lambda_max, r64.lambda_max, rtol=1e-3, atol=0)
+    torch.testing.assert_close(r32.lambda_min, r64.lambda_min, rtol=1e-3, atol=0)
+
+
+def test_margin_holds_the_runner_up_fixed_and_neg_margin_negates_the_spectrum():
+    model = tiny_conv_net("tanh")
+    x, y = batch(2)
+    m = input_hessian_eigenvalues(model, x, y, function="margin", tol=1e-10, max_iter=32,
+                                  dtype=F64)
+    neg = input_hessian_eigenvalues(model, x, y, function="neg_margin", tol=1e-10, max_iter=32,
+                                    dtype=F64)
+    torch.testing.assert_close(neg.lambda_max, -m.lambda_min, rtol=1e-8, atol=0)
+    torch.testing.assert_close(neg.lambda_min, -m.lambda_max, rtol=1e-8, atol=0)
+    model = model.double()
+    for i in range(2):
+        z = model(x[i][None])[0].detach()
+        other = int(torch.where(torch.arange(CLASSES) == y[i], -torch.inf, z).argmax())
+        def margin(u, label=int(y[i]), other=other):
+            out = model(u.reshape(1, 2, 4, 4))[0]
+            return out[label] - out[other]
+
+        top = torch.linalg.eigvalsh(torch.func.hessian(margin)(x[i].reshape(-1)))[-1]
+        assert m.lambda_max[i].item() == pytest.approx(top.item(), rel=1e-8)
+
+
+@pytest.mark.parametrize("kwargs", [{"function": "mse"}, {"dtype": torch.bfloat16}, {"k": 0},
+                                    {"tol": -1.0}, {"max_iter": 0}, {"which": ("min",)}])
+def test_bad_arguments_raise_bad_input(kwargs):
+    model = tiny_conv_net("relu")
+    x, y = batch(1, dtype=torch.float32)
+    with pytest.raises(BadInput):
+        input_hessian_eigenvalues(model, x, y, **kwargs)
