@@ -29,6 +29,18 @@ def _write_json(path: Path | None, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def _check_json_path(path: Path | None) -> None:
+    """Fail before any work when ``--json`` cannot be written (a folder, or under a file)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise BadInput(f"--json {str(path)!r} is a directory; give a file path")
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise BadInput(f"--json {str(path)!r} cannot be created: {str(blocker)!r} is a file")
+
+
 def _parse_milestones(text: str) -> list[float] | None:
     if text.strip().lower() == "auto":
         return None
@@ -59,6 +71,8 @@ def _resume_settings(out: Path, given: dict[str, Any], explicit: set[str]) -> di
     """The run's stored settings, overridden by the options typed for this invocation."""
     from harness.checkpoint import load_checkpoint
 
+    if not (out / "last.pt").is_file():
+        return given  # run_training explains what to do (start, or start over)
     stored = dict(load_checkpoint(out / "last.pt").get("train_config") or {})
     return stored | {k: v for k, v in given.items() if k in explicit}
 
@@ -122,6 +136,9 @@ def train_command(
         "--channels-last/--no-channels-last", help="channels_last memory format (default: on).")
     ] = None,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    sync_bn: Annotated[bool, typer.Option(help="Data parallel (torchrun): BatchNorm "
+                                              "statistics over the global batch "
+                                              "(SyncBatchNorm).")] = False,
     save_every: Annotated[int, typer.Option(help="Also keep epoch_NNNN.pt every N epochs "
                                                  "(0 = off).")] = 0,
     hessian_every: Annotated[int, typer.Option(help="Log input-Hessian lambda_max every N "
@@ -140,6 +157,8 @@ def train_command(
                          ] = None,
 ) -> None:
     """PGD adversarial training (the paper's protocol by default) into a run directory."""
+    _check_json_path(json_path)
+    from harness.distributed import context_from_env
     from harness.train import TrainConfig, TrainingDiverged, run_training
 
     given = {name: value for name, value in ctx.params.items()
@@ -156,6 +175,8 @@ def train_command(
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(EXIT_DIVERGED) from None
+    if not context_from_env().is_main:  # torchrun: rank 0 reports
+        return
     best = max(rows, key=lambda r: r["val_robust_acc"]) if rows else None
     print(f"done: {out} ({len(rows)} epochs; best val robust "
           f"{100 * best['val_robust_acc']:.2f}% at epoch {best['epoch']})" if best else
@@ -188,6 +209,7 @@ def eval_command(
                          ] = None,
 ) -> None:
     """Clean and robust test accuracy of a checkpoint (PGD-20, 5 restarts by default)."""
+    _check_json_path(json_path)
     from harness.evaluate import evaluate_checkpoint
 
     bar = _EvalBar(progress)
@@ -257,6 +279,7 @@ def demo_command(
                          ] = None,
 ) -> None:
     """Offline demo: adversarially train small nets on digits with ReLU and SiLU, compare."""
+    _check_json_path(json_path)
     import torch
 
     from harness.demo import DEMO_SETTINGS, format_table, run_demo

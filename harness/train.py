@@ -57,13 +57,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import BadInput
+from harness.distributed import (
+    SINGLE,
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    evaluate_sharded,
+    per_rank_batch,
+    setup,
+    wrap_model,
+)
 
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTACK_BN_MODES = ("train", "eval")
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
 
 # Settings that may change when resuming: they do not change what is computed.
-RESUMABLE_CHANGES = ("epochs", "device", "compile", "save_every", "hessian_every",
+RESUMABLE_CHANGES = ("epochs", "device", "sync_bn", "compile", "save_every", "hessian_every",
                      "hessian_examples", "data_dir", "download", "eval_batch_size")
 
 # Streams of random numbers derived from (seed, epoch, stream): independent of each other.
@@ -129,6 +139,7 @@ class TrainConfig:
     save_every: int = 0
     hessian_every: int = 0
     hessian_examples: int = 100
+    sync_bn: bool = False  # data parallel: BatchNorm statistics over the global batch
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
@@ -188,6 +199,9 @@ def _validate(c: TrainConfig) -> None:
 
     _need(isinstance(c.dataset, str) and c.dataset.strip() != "",
           f"dataset={c.dataset!r} must be a name (cifar10, cifar100, imagefolder:PATH, digits)")
+    from harness.data import check_spec
+
+    check_spec(c.dataset)  # the form only: a typo fails at once, even in a sweep's dry run
     _need(_is_num(c.val_fraction) and 0 < c.val_fraction < 1,
           f"val_fraction={c.val_fraction!r} must be in (0, 1) (the paper: 0.1)")
     for name in ("split_seed", "seed"):
@@ -234,6 +248,7 @@ def _validate(c: TrainConfig) -> None:
         _need(_is_int(v) and v >= 0, f"{name}={v!r} must be an integer >= 0 (0 = off)")
     _need(_is_int(c.hessian_examples) and c.hessian_examples >= 1,
           f"hessian_examples={c.hessian_examples!r} must be an integer >= 1")
+    _need(isinstance(c.sync_bn, bool), f"sync_bn={c.sync_bn!r} must be true or false")
     resolve_device(c.device)
 
 
@@ -295,8 +310,13 @@ def _indices_hash(idx: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(idx, dtype=np.int64).tobytes()).hexdigest()
 
 
-def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool) -> RunData:
-    """Open the dataset, split 90/10 (``split_seed``), take subsets, put everything on device."""
+def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool,
+                  dist: DistContext = SINGLE) -> RunData:
+    """Open the dataset, split 90/10 (``split_seed``), take subsets, put everything on device.
+
+    Data parallel (``dist``): this rank's training batches are ``batch_size / world_size``
+    rows of each global batch (``DeviceBatches`` sharding); every rank holds val and test.
+    """
     from harness.data import DeviceBatches, open_source, split_train_val, stratified_subset
 
     source = open_source(cfg.dataset, cfg.data_dir, cfg.download)
@@ -313,17 +333,20 @@ def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool) -
     if cfg.batch_size > len(train_idx):
         raise BadInput(f"batch_size={cfg.batch_size} is larger than the training set "
                        f"({len(train_idx)} images)")
+    rank_batch = per_rank_batch(cfg.batch_size, dist)
     # A last batch of one image breaks train-mode BatchNorm; drop it in that case only.
-    drop_last = len(train_idx) % cfg.batch_size == 1
+    drop_last = (len(train_idx) // dist.world_size) % rank_batch == 1
 
-    def batches(part, idx, labels, size, drop):
+    def batches(part, idx, labels, size, drop, rank=0, world_size=1):
         return DeviceBatches(source.images(part, idx), labels[idx], device, batch_size=size,
-                             drop_last=drop, channels_last=channels_last)
+                             drop_last=drop, channels_last=channels_last, rank=rank,
+                             world_size=world_size)
 
     return RunData(
         source_info=source.info(), num_classes=source.num_classes,
         in_channels=source.in_channels, mean=tuple(source.mean), std=tuple(source.std),
-        train=batches("train", train_idx, train_labels, cfg.batch_size, drop_last),
+        train=batches("train", train_idx, train_labels, rank_batch, drop_last, dist.rank,
+                      dist.world_size),
         val=batches("train", val_idx, train_labels, cfg.eval_batch_size, False),
         test=batches("test", test_idx, test_labels, cfg.eval_batch_size, False),
         indices={"train": train_idx, "val": val_idx, "test": test_idx})
@@ -385,13 +408,22 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
         raise BadInput("--resume and --overwrite exclude each other")
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"output path {str(out_dir)!r} exists and is not a folder")
+    blocker = next((p for p in out_dir.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise BadInput(f"output path {str(out_dir)!r} cannot be created: {str(blocker)!r} is "
+                       f"a file, not a folder")
     has_run = out_dir.is_dir() and any(out_dir.iterdir())
     if resume and not (out_dir / "last.pt").is_file():
-        raise BadInput(f"--resume: {str(out_dir / 'last.pt')!r} does not exist; "
-                       f"start the run without --resume")
+        hint = ("it stopped before its first checkpoint: start over with --overwrite"
+                if has_run else "start the run without --resume")
+        raise BadInput(f"--resume: {str(out_dir / 'last.pt')!r} does not exist; {hint}")
     if has_run and not resume and not overwrite:
         raise BadInput(f"run directory {str(out_dir)!r} is not empty; pass --resume to "
                        f"continue it or --overwrite to start over")
+
+
+def _no_write(*args: Any) -> None:
+    """Stands in for a file writer on data-parallel ranks other than 0."""
 
 
 def _clear_run_files(out_dir: Path) -> None:
@@ -399,6 +431,14 @@ def _clear_run_files(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
     for path in out_dir.glob("epoch_*.pt"):
         path.unlink()
+    _remove_stale_temp_files(out_dir)
+
+
+def _remove_stale_temp_files(out_dir: Path) -> None:
+    """Temporary files of atomic writes that a killed process left half written."""
+    for name in (*RUN_FILES, "epoch_*.pt"):
+        for path in out_dir.glob(f".{name}.*.tmp"):
+            path.unlink(missing_ok=True)
 
 
 # --- one epoch -------------------------------------------------------------------------------
@@ -414,6 +454,10 @@ class Engine:
     optimizer: torch.optim.Optimizer
     device: torch.device
     amp: torch.dtype | None
+    # Data parallel: DDP(net) (maybe compiled) for the training forward/backward; the attack,
+    # the clean forward and evaluation use ``forward`` (no gradient reduction needed).
+    train_forward: nn.Module | None = None
+    dist: DistContext = SINGLE
 
     @property
     def eps(self) -> float:
@@ -456,10 +500,12 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
             group["lr"] = lr
         delta = pgd(model, x, y, eps=engine.eps, alpha=engine.step_size, steps=cfg.train_steps,
                     restarts=cfg.train_restarts, norm=cfg.norm, bn_mode=cfg.attack_bn,
-                    generator=generator, autocast_dtype=engine.amp)
+                    generator=generator, autocast_dtype=engine.amp,
+                    rows_of_batch=engine.dist.rows_of_batch(y.shape[0]))
         x_adv = (x + delta).clamp_(0.0, 1.0)
         with engine.autocast():
-            robust_logits = model(x_adv)
+            robust_logits = (model if engine.train_forward is None
+                             else engine.train_forward)(x_adv)
         robust_loss = F.cross_entropy(robust_logits.float(), y)
         engine.optimizer.zero_grad(set_to_none=True)
         robust_loss.backward()
@@ -476,6 +522,9 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
         count += b
         if on_batch is not None:
             on_batch()
+    if engine.dist.enabled:  # the whole global batch's numbers, the same on every rank
+        totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]), engine.dist)
+        sums, count = totals[:4], totals[4].item()
     values = (sums / count).tolist()
     return {"lr": lr, "train_clean_loss": values[2], "train_clean_acc": values[3],
             "train_robust_loss": values[0], "train_robust_acc": values[1]}
@@ -484,11 +533,10 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
 def evaluate_part(engine: Engine, batches, epoch: int, stream: int, prefix: str,
                   on_batch: Callable[[], None] | None = None) -> dict[str, float]:
     """Clean and PGD (``eval_steps``, ``eval_restarts``) metrics of a set, model in eval mode."""
-    from harness.evaluate import evaluate_robust
-
     cfg = engine.cfg
-    result = evaluate_robust(
-        engine.forward, batches, eps=engine.eps, alpha=engine.step_size, steps=cfg.eval_steps,
+    result = evaluate_sharded(
+        engine.forward, batches, engine.dist,
+        eps=engine.eps, alpha=engine.step_size, steps=cfg.eval_steps,
         restarts=cfg.eval_restarts, norm=cfg.norm,
         generator=_attack_generator(engine.device, cfg.seed, epoch, stream),
         autocast_dtype=engine.amp, on_batch=on_batch)
@@ -591,18 +639,21 @@ def _checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dic
 
 
 def _build_engine(cfg: TrainConfig, model_config: dict, device: torch.device,
-                  amp: torch.dtype | None, channels_last: bool) -> Engine:
+                  amp: torch.dtype | None, channels_last: bool,
+                  dist: DistContext = SINGLE) -> Engine:
     from harness.models import build_model
 
     torch.manual_seed(cfg.seed)
     net = build_model(model_config).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    net, ddp = wrap_model(net, dist, device, sync_bn=cfg.sync_bn)  # (net, net) in 1 process
     forward = torch.compile(net) if cfg.compile else net
+    train_forward = (torch.compile(ddp) if cfg.compile else ddp) if dist.enabled else None
     extra = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, **extra)
-    return Engine(cfg, net, forward, optimizer, device, amp)
+    return Engine(cfg, net, forward, optimizer, device, amp, train_forward, dist)
 
 
 def _sync(device: torch.device) -> None:
@@ -631,34 +682,47 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     if resume:
         ckpt = load_checkpoint(out_dir / "last.pt")
         _check_resume_config(cfg, ckpt.get("train_config", {}))
-    device = resolve_device(cfg.device)
+    dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
+    main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)
     # channels_last by default on every device: on CUDA for the tensor cores, on CPU because
     # oneDNN's NHWC convolutions made the PGD-10 training step 1.13-1.47x faster here
     # (bench/train_throughput.py, PreActResNet-18 widths 1/16 to 1; docs/benchmarks.md).
     channels_last = cfg.channels_last if cfg.channels_last is not None else True
-    data = load_run_data(cfg, device, channels_last)  # may raise BadInput: nothing written yet
+    data = load_run_data(cfg, device, channels_last, dist)  # may raise BadInput: nothing written
     model_config = _model_config(cfg, data)
-    engine = _build_engine(cfg, model_config, device, amp, channels_last)
+    engine = _build_engine(cfg, model_config, device, amp, channels_last, dist)
+    barrier(dist)  # every rank has checked out_dir before rank 0 changes it
 
     start_epoch, best = 0, -1.0
     if ckpt is not None:
+        _remove_stale_temp_files(out_dir)
         engine.net.load_state_dict(ckpt["model"])
         engine.optimizer.load_state_dict(ckpt["optimizer"])
         _restore_rng(ckpt.get("rng", {}), device)
         start_epoch, best = int(ckpt["epoch"]), float(ckpt.get("best_val_robust_acc", -1.0))
     elif overwrite and out_dir.is_dir():
-        _clear_run_files(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "DONE").unlink(missing_ok=True)
+        if main:
+            _clear_run_files(out_dir)
+    # Data parallel: only rank 0 touches files; the other ranks run the same code with
+    # writers that do nothing.
+    write_text = _write_text_atomic if main else _no_write
+    append_metrics = _append_metrics if main else _no_write
+    save = save_checkpoint if main else _no_write
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "DONE").unlink(missing_ok=True)
     record = _run_record(cfg, data, model_config, device, amp, channels_last)
-    _write_text_atomic(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
+    record["resolved"]["world_size"] = dist.world_size
+    write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
     metrics_path = out_dir / "metrics.jsonl"
     rows = [r for r in read_metrics(metrics_path) if int(r.get("epoch", 0)) <= start_epoch]
     if ckpt is not None and start_epoch and not any(r.get("epoch") == start_epoch for r in rows):
         rows.append(dict(ckpt["metrics"]))  # the file lost the checkpoint's row: restore it
-    _write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
+    if not main:
+        progress, log = False, None
     reporter = _Reporter(progress, log, cfg.epochs, start_epoch, len(data.train),
                          len(data.val) if hasattr(data.val, "__len__") else 0,
                          len(data.test) if hasattr(data.test, "__len__") else 0)
@@ -674,19 +738,20 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                 raise TrainingDiverged(message)
             # The row goes first: a crash before last.pt is written leaves a row past the
             # checkpoint, which resuming truncates and recomputes (never a lost epoch).
-            _append_metrics(metrics_path, row)
+            append_metrics(metrics_path, row)
             rows.append(row)
             payload = _checkpoint_payload(engine, model_config, epoch + 1, row,
                                           max(best, row["val_robust_acc"]))
             if row["val_robust_acc"] > best:
                 best = row["val_robust_acc"]
-                save_checkpoint(out_dir / "best.pt", payload)
+                save(out_dir / "best.pt", payload)
             if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                save_checkpoint(out_dir / f"epoch_{epoch + 1:04d}.pt", payload)
-            save_checkpoint(out_dir / "last.pt", payload)
+                save(out_dir / f"epoch_{epoch + 1:04d}.pt", payload)
+            save(out_dir / "last.pt", payload)
             reporter.epoch_line(row)
-    _write_text_atomic(out_dir / "DONE", json.dumps({"epochs": cfg.epochs,
-                                                     "finished": time.time()}) + "\n")
+    write_text(out_dir / "DONE", json.dumps({"epochs": cfg.epochs,
+                                             "finished": time.time()}) + "\n")
+    barrier(dist)  # ranks finish together, after rank 0 has written DONE
     return rows
 
 

@@ -1,0 +1,140 @@
+"""Smoke tests of the benchmark code (bench/) at tiny sizes: it runs and reports its keys.
+
+The numbers themselves are measured by ``python -m bench.run_all`` and ``bench/gpu_run.sh``;
+here only the machinery is checked, plus the one property the comparison rests on: the
+reference attack computes weight gradients and ours does not.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/ is a folder of scripts, not an installed package
+    sys.path.insert(0, str(ROOT))
+
+from bench import cold_start, gpu_speed, reference_loop, run_all  # noqa: E402
+from bench.eval_throughput import ours_eval_throughput, reference_eval_throughput  # noqa: E402
+from bench.train_throughput import bench_images, compare_train_throughput  # noqa: E402
+
+WIDTH = 1 / 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The machine is shared: two OpenMP threads spinning against other jobs make these tiny
+    # convolutions ten times slower than one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return bench_images(12, synthetic=True)
+
+
+def test_reference_attack_computes_weight_gradients_and_ours_does_not(images):
+    from harness.attacks import pgd
+
+    x_u8, y, _ = images
+    x = x_u8[:4].float() / 255
+    y = torch.as_tensor(y[:4])
+    model = reference_loop.reference_model(WIDTH)
+    normalize = reference_loop.Normalizer("cpu")
+    delta = reference_loop.attack_pgd(model, normalize, x, y, 8 / 255, 2 / 255, 2, 1)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    assert delta.abs().max() <= 8 / 255 + 1e-7
+    assert ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
+
+    from harness.models import build_model, model_config
+    ours = build_model(model_config(width=WIDTH))
+    pgd(ours, x, y, eps=8 / 255, alpha=2 / 255, steps=2, bn_mode="train")
+    assert all(p.grad is None for p in ours.parameters())
+
+
+def test_reference_batches_pad_crop_flip_keep_images_in_range(images):
+    x_u8, y, _ = images
+    batches = reference_loop.ReferenceBatches(x_u8, y, batch_size=4, num_workers=0)
+    x, labels = next(iter(batches))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert labels.dtype == torch.int64 and 0 <= x.min() and x.max() <= 1
+
+
+def test_train_throughput_reports_both_loops_and_their_ratio(images):
+    x_u8, y, _ = images
+    result = compare_train_throughput(x_u8, y, width=WIDTH, batch_size=4, steps=1, repeats=2,
+                                      warmup_steps=1, num_workers=0)
+    for side in ("ours", "reference"):
+        rate = result[side]["images_per_s"]
+        assert rate["repeats"] == 2 and rate["median"] > 0 and rate["min"] <= rate["max"]
+    assert result["ratio"] == pytest.approx(result["ours"]["images_per_s"]["median"]
+                                            / result["reference"]["images_per_s"]["median"])
+    assert result["ours"]["settings"]["loop"] == "harness.train.train_one_epoch"
+
+
+def test_eval_throughput_reports_images_per_second(images):
+    x_u8, y, _ = images
+    ours = ours_eval_throughput(x_u8[:2], y[:2], width=WIDTH, steps=2, restarts=1, repeats=1)
+    ref = reference_eval_throughput(x_u8[:2], y[:2], width=WIDTH, steps=2, restarts=1,
+                                    repeats=1, num_workers=0)
+    assert ours["images_per_s"]["median"] > 0 and ref["images_per_s"]["median"] > 0
+    assert 0 <= ours["robust_acc"] <= 1
+
+
+def test_time_command_takes_the_median_and_raises_on_a_failing_command():
+    out = cold_start.time_command([sys.executable, "-c", "pass"], repeats=2)
+    assert out["seconds"]["repeats"] == 2 and out["seconds"]["median"] > 0
+    with pytest.raises(RuntimeError, match="exited 3"):
+        cold_start.time_command([sys.executable, "-c", "import sys; sys.exit(3)"], repeats=1)
+
+
+def test_a_failing_part_is_recorded_and_the_json_keeps_earlier_parts(tmp_path):
+    path = tmp_path / "bench.json"
+    results = {"parts": {}}
+    run_all.run_part(results, "first", lambda: {"value": 1}, path)
+
+    def broken():
+        raise ValueError("boom")
+
+    run_all.run_part(results, "second", broken, path)
+    saved = json.loads(path.read_text())
+    assert saved["parts"]["first"]["value"] == 1
+    assert "ValueError: boom" in saved["parts"]["second"]["error"]
+
+
+def test_gpu_speed_skips_a_part_when_the_budget_is_spent_and_still_prints_a_table(tmp_path):
+    results = gpu_speed.Results(tmp_path / "gpu_speed.json")
+    budget = gpu_speed.Budget(5.0)
+    results.run("env", 0.0, budget, lambda: gpu_speed.env_part(torch.device("cpu"),
+                                                                gpu_speed.Sizes.tiny()))
+    results.run("reference", 1e9, budget, lambda: {"never": "run"})
+    saved = json.loads((tmp_path / "gpu_speed.json").read_text())
+    assert saved["parts"]["env"]["matmul_flops_measured"] > 0
+    assert "time budget" in saved["parts"]["reference"]["skipped"]
+    assert "GPU speed summary" in gpu_speed.table(results)
+
+
+def test_gpu_speed_flop_count_shows_the_reference_step_costs_more(images):
+    x_u8, y, _ = images
+    sizes = gpu_speed.Sizes.tiny()
+    sizes.batch = 4
+    out = gpu_speed.flops_part(torch.device("cpu"), sizes, x_u8, np.asarray(y))
+    # weight gradients in 10 attack steps: about 1.4x the FLOPs (PROTOCOL.md says ~45% more)
+    assert 1.25 < out["reference_over_ours"] < 1.6
+
+
+def test_equality_verdict_compares_precision_gap_with_seed_spread():
+    runs = {"fp32_seed0": {"test_clean_acc": 0.50, "test_robust_acc": 0.30},
+            "bf16_seed0": {"test_clean_acc": 0.51, "test_robust_acc": 0.20},
+            "fp32_seed1": {"test_clean_acc": 0.53, "test_robust_acc": 0.31},
+            "bf16_seed1": {"skipped": "time budget"}}
+    verdict = gpu_speed._equality_verdict(runs)
+    assert verdict["test_clean_acc_within_spread"] is True
+    assert verdict["test_robust_acc_within_spread"] is False
+    assert verdict["test_robust_acc_fp32_vs_bf16"] == pytest.approx(0.10)
