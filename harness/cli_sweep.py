@@ -33,7 +33,23 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the plan (finished / resume / start) and exit."),
     executor: str = typer.Option("local", "--executor",
-                                 help="Where runs execute: 'local' (one after another here)."),
+                                 help="Where runs execute: 'local' (here: one after another, "
+                                      "or one per GPU with --gpus N) or 'slurm' (one job per "
+                                      "run through submitit; see docs/scale.md)."),
+    gpus: int = typer.Option(None, "--gpus", min=1,
+                             help="--executor local: run N runs at a time, each in its own "
+                                  "process pinned to one GPU (CUDA_VISIBLE_DEVICES); logs in "
+                                  "RUNS_DIR/SCALE/SPEC/logs/."),
+    partition: str = typer.Option(None, "--partition",
+                                  help="--executor slurm: the SLURM partition."),
+    account: str = typer.Option(None, "--account",
+                                help="--executor slurm: the SLURM account to charge."),
+    timeout_min: int = typer.Option(None, "--timeout-min", min=1,
+                                    help="--executor slurm: wall-clock limit per job in "
+                                         "minutes (default: the spec's resources.hours)."),
+    wait: bool = typer.Option(False, "--wait/--no-wait",
+                              help="--executor slurm: block until all jobs ended and report "
+                                   "them (default: return after submitting)."),
     data: str = typer.Option(None, "--data",
                              help="Override every run's dataset, e.g. "
                                   "imagefolder:/data/cifar10-jpg or cifar10."),
@@ -52,11 +68,11 @@ def sweep(
                                    help="Also write the plan (and the runs done) as JSON here."),
 ) -> None:
     """Run every missing run of SPEC in sequence; finished runs are skipped, unfinished resumed."""
+    from harness.executors import make_executor  # local, local --gpus N, slurm
     from harness.sweep import (
         STATUSES,
         check_no_conflicts,
         load_spec,
-        make_executor,
         parse_settings,
         plan_sweep,
     )
@@ -67,7 +83,9 @@ def sweep(
         settings["dataset"] = data
     if data_dir is not None:
         settings["data_dir"] = data_dir
-    runner = make_executor(executor, progress=progress, keep_going=keep_going)
+    runner = make_executor(executor, progress=progress, keep_going=keep_going, gpus=gpus,
+                           resources=spec_obj.resources_for(scale), partition=partition,
+                           account=account, timeout_min=timeout_min, wait=wait)
     plan = plan_sweep(spec_obj, runs_dir, scale, only=only or None, settings=settings)
     counts = {s: sum(r.status == s for r in plan) for s in STATUSES}
     print(f"spec {spec_obj.name} ({spec_obj.source}), scale {scale}: {len(plan)} runs; "
@@ -90,7 +108,8 @@ def sweep(
                   file=sys.stderr)
             raise typer.Exit(3) from None
         failed = getattr(runner, "failed", {})
-        print(f"sweep {spec_obj.name}: finished {len(ran)} runs, {len(failed)} failed, "
+        done = "submitted" if executor == "slurm" and not wait else "finished"
+        print(f"sweep {spec_obj.name}: {done} {len(ran)} runs, {len(failed)} failed, "
               f"{counts['finished']} were already finished")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,10 @@ Two separate steps, so that another executor (a cluster scheduler) needs only th
    what is on disk (finished / resume / start / restart / conflict). Pure file inspection.
 2. An executor runs the plan. :class:`LocalExecutor` runs the runs one after another in this
    process, calling ``runner(cfg, out_dir, resume=..., overwrite=..., progress=...)``, by default
-   :func:`harness.train.run_training`. A later ``SlurmExecutor`` can submit the same calls with
-   submitit (one job per run, ``resources`` from the spec).
+   :func:`harness.train.run_training`. :mod:`harness.executors` adds one run per GPU
+   (``GpuPoolExecutor``) and SLURM through submitit (``SlurmExecutor``, one job per run,
+   ``resources`` from the spec); ``harness sweep`` picks one with
+   ``harness.executors.make_executor``.
 
 A run counts as finished when its ``DONE`` marker records at least the planned epochs or its
 ``metrics.jsonl`` has a row for the last epoch. It is resumed when ``last.pt`` exists; a
