@@ -1,3 +1,4 @@
-"""curvtools: activation curvature, the two-layer input Hessian, Lemma 1 and input-Hessian spectra."""
+"""curvtools: activation curvature, the two-layer input Hessian (Eq. 2), Lemma 1 and
+input-Hessian spectra of trained nets."""
 
 __version__ = "0.1.0"

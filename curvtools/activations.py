@@ -115,7 +115,7 @@ class Activation:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float) and v == int(v) and abs(v) < 1e15:
+    if isinstance(v, float) and math.isfinite(v) and v == int(v) and abs(v) < 1e15:
         return str(int(v))
     return str(v)
 
@@ -352,8 +352,9 @@ def resolve(name: str, **given: Any) -> Activation:
             try:
                 value = float(value)
             except (TypeError, ValueError):
-                raise BadInput(f"{spec.name}: {p.name}={value!r} is not a number ({p.help})")
-            if value == int(value) and abs(value) < 1e15:
+                raise BadInput(
+                    f"{spec.name}: {p.name}={value!r} is not a number ({p.help})") from None
+            if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
                 value = float(int(value))
         problem = p.check(value)
         if problem:
@@ -425,6 +426,7 @@ def parse_user_expression(text: str):
     if free != {x}:
         other = sorted(str(s) for s in free - {x})
         if other:
-            raise BadInput(f"--expr {text!r} must be a function of x only, found {', '.join(other)}")
+            raise BadInput(
+                f"--expr {text!r} must be a function of x only, found {', '.join(other)}")
         raise BadInput(f"--expr {text!r} does not depend on x")
     return expr

@@ -120,21 +120,9 @@ def load_test_images(ckpt: dict[str, Any], n: int, seed: int, data_dir: str | No
 
 
 def _progress():
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from curvtools.progress import new_progress
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TaskProgressColumn(), TextColumn("{task.fields[rate]}"),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True),
-                    transient=True)
+    return new_progress(transient=True, stderr=True)
 
 
 def _advance(progress, task, done_examples: int, seconds: float) -> None:

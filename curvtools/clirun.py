@@ -5,9 +5,9 @@ Shared by both console scripts (``curvtools`` and ``harness``).
 
 from __future__ import annotations
 
-import sys
-
 import importlib.util
+import sys
+import warnings
 
 import typer
 
@@ -36,8 +36,21 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {category.__name__}: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def run_app(app: typer.Typer, prog_name: str, argv: list[str] | None = None) -> None:
-    """Invoke ``app``; usage errors and :class:`BadInput` become one line and exit code 2."""
+    """Invoke ``app``; usage errors and :class:`BadInput` become one line and exit code 2.
+
+    Warnings (e.g. ``harness.evaluate.GradientMaskingWarning``) print as one ``warning:`` line.
+    """
+    with warnings.catch_warnings():  # restores the previous showwarning afterwards
+        warnings.showwarning = _one_line_warning
+        _run_app(app, prog_name, argv)
+
+
+def _run_app(app: typer.Typer, prog_name: str, argv: list[str] | None) -> None:
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
@@ -55,5 +68,10 @@ def run_app(app: typer.Typer, prog_name: str, argv: list[str] | None = None) -> 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as err:
+        # a full disk or a folder that became unwritable mid-run: not the user's input (exit 1),
+        # but still one line; files written before (checkpoints) were replaced atomically
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(1) from None
     if isinstance(rv, int) and rv:
         raise SystemExit(rv)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from curvtools.errors import BadInput
+from curvtools.progress import advance, new_progress
 
 TRAIN_PANEL = "Data"
 EXIT_DIVERGED = 3
@@ -235,18 +236,7 @@ class _EvalBar:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                                     TextColumn("ETA"), TimeRemainingColumn())
+            self.progress = new_progress()
             self.progress.__enter__()
         return self
 
@@ -261,10 +251,7 @@ class _EvalBar:
 
     def step(self) -> None:
         if self.progress is not None and self.task is not None:
-            self.progress.advance(self.task)
-            speed = self.progress.tasks[self.task].speed
-            if speed:
-                self.progress.update(self.task, rate=f"{speed:.2f} batch/s")
+            advance(self.progress, self.task, unit="batch")
 
 
 def demo_command(

@@ -404,6 +404,24 @@ class ImageFolderSource(ImageSource):
         return self._compute_mean_std()[1]
 
 
+def check_spec(spec: str) -> str:
+    """Check the form of a dataset spec without opening any data; returns it stripped.
+
+    Raises BadInput for anything but ``cifar10``, ``cifar100``, ``digits`` or
+    ``imagefolder:PATH`` (so a sweep's dry run or a config check catches a typo early).
+    """
+    text = str(spec).strip()
+    key = text.lower()
+    if key in ("cifar10", "cifar100", "digits"):
+        return text
+    if key.startswith("imagefolder:"):
+        if not text.split(":", 1)[1]:
+            raise BadInput("imagefolder:PATH needs a path, "
+                           "e.g. imagefolder:../shared/data/cifar10-jpg")
+        return text
+    raise BadInput(f"unknown dataset {spec!r}; allowed: {SPEC_HELP}")
+
+
 def open_source(spec: str, data_dir: str | Path = "data", download: bool = True) -> ImageSource:
     """Open the dataset ``spec``: ``cifar10``, ``cifar100``, ``imagefolder:PATH`` or ``digits``.
 

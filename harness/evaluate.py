@@ -31,6 +31,7 @@ ATTACKS = ("pgd", "torchattacks-pgd", "autoattack")
 # More than this share of examples with an exactly zero input gradient means a gradient attack
 # cannot move them (sign(0) = 0): robust accuracy is then an overestimate (gradient masking).
 ZERO_GRADIENT_WARN_SHARE = 0.10
+ZERO_GRADIENT_MIN_CORRECT = 10  # fewer correct examples bound the overestimate anyway
 
 
 class GradientMaskingWarning(UserWarning):
@@ -85,7 +86,8 @@ def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float,
     "zero_grad_share"}`` (accuracies are fractions; losses mean cross-entropy). The model's
     train/eval mode is restored afterwards. ``zero_grad_share``: the share of the first batch's
     correctly classified examples whose input gradient is exactly zero (one extra backward per
-    call); above :data:`ZERO_GRADIENT_WARN_SHARE` a :class:`GradientMaskingWarning` is issued.
+    call); above :data:`ZERO_GRADIENT_WARN_SHARE` (of at least
+    :data:`ZERO_GRADIENT_MIN_CORRECT` examples) a :class:`GradientMaskingWarning` is issued.
     """
     from harness.attacks import pgd
 
@@ -121,7 +123,7 @@ def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float,
     clean_loss, clean_acc, robust_loss, robust_acc = (sums / n).tolist()
     checked = int(checked)
     zero_grad_share = int(zero_grads) / checked if checked else 0.0
-    if zero_grad_share > ZERO_GRADIENT_WARN_SHARE:
+    if zero_grad_share > ZERO_GRADIENT_WARN_SHARE and checked >= ZERO_GRADIENT_MIN_CORRECT:
         warnings.warn(f"{100 * zero_grad_share:.0f}% of {checked} correctly classified examples "
                       f"checked have an exactly zero input gradient: gradient attacks cannot "
                       f"move them, so robust accuracy ({100 * robust_acc:.1f}%) is likely "

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import BadInput
+from curvtools.progress import advance, new_progress
 from harness.distributed import (
     SINGLE,
     DistContext,
@@ -795,19 +796,7 @@ class _Reporter:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), transient=False)
+            self.progress = new_progress()
             self.progress.__enter__()
             done = self.epoch * self.n_train
             self.task = self.progress.add_task("train", total=self.epochs * self.n_train,
@@ -823,10 +812,7 @@ class _Reporter:
 
     def train_step(self) -> None:
         if self.progress is not None:
-            self.progress.advance(self.task)
-            speed = self.progress.tasks[self.task].speed
-            if speed:
-                self.progress.update(self.task, rate=f"{speed:.2f} batch/s")
+            advance(self.progress, self.task, unit="batch")
 
     def start_eval(self) -> None:
         if self.progress is not None:

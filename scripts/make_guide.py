@@ -1,8 +1,9 @@
+# ruff: noqa: E501
 """Write docs/guide.md: hand-written prose per command + option tables from the real CLIs."""
-import io
-import contextlib
 from pathlib import Path
+
 import typer
+
 from curvtools.cli import app as capp
 from harness.cli import app as happ
 from paper_figs.__main__ import app as papp

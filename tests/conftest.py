@@ -18,7 +18,7 @@ def _torch_threads():
     except ImportError:  # pragma: no cover
         yield
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
 
