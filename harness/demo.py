@@ -36,12 +36,9 @@ DEMO_EVAL_STEPS = 10
 
 
 def activation_curvature(act) -> tuple[float | None, str]:
-    """(curvature, how it was obtained) from ``curvtools.symbolic`` when available."""
-    try:
-        from curvtools.symbolic import curvature
-    except ImportError:
-        value = act.approx_curvature()
-        return value, "approximate" if value is not None else "n/a"
+    """(curvature, how it was obtained) from ``curvtools.symbolic``."""
+    from curvtools.symbolic import curvature
+
     try:
         result = curvature(act)
     except Exception as err:  # symbolic work on an exotic expression may fail: say so

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from curvtools.errors import BadInput
+from harness.metrics_file import read_metrics
 from paper_figs.specs import Spec, load_spec, run_dir
 
 __all__ = ["PlannedRun", "plan_sweep", "LocalExecutor", "Executor", "load_spec",
@@ -124,18 +125,9 @@ def parse_settings(pairs: Iterable[str]) -> dict[str, Any]:
 
 def finished_epochs(out_dir: Path) -> int:
     """The largest ``epoch`` in ``out_dir/metrics.jsonl`` (0 when absent; torn lines skipped)."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    last = 0
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a crash mid-write
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            last = max(last, row["epoch"])
-    return last
+    epochs = [row["epoch"] for row in read_metrics(out_dir / "metrics.jsonl")
+              if isinstance(row.get("epoch"), int)]
+    return max(epochs, default=0)
 
 
 def _stored_settings(out_dir: Path) -> dict[str, Any] | None:

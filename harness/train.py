@@ -45,7 +45,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +67,7 @@ from harness.distributed import (
     setup,
     wrap_model,
 )
+from harness.metrics_file import read_metrics
 
 PRECISIONS = ("auto", "fp32", "bf16")
 ATTACK_BN_MODES = ("train", "eval")
@@ -382,20 +382,6 @@ def _write_text_atomic(path: Path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a ``metrics.jsonl`` (lines torn by a crash are skipped)."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
 def _append_metrics(path: Path, row: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")
@@ -545,18 +531,13 @@ def evaluate_part(engine: Engine, batches, epoch: int, stream: int, prefix: str,
             ("clean_loss", "clean_acc", "robust_loss", "robust_acc")}
 
 
-def hessian_summary(net: nn.Module, batches, n: int) -> dict[str, float] | None:
+def hessian_summary(net: nn.Module, batches, n: int) -> dict[str, float]:
     """Batch mean and median of the input-Hessian lambda_max on the first ``n`` images.
 
-    Uses ``curvtools.spectra.input_hessian_eigenvalues`` (fp32, eval mode). Returns None with a
-    warning when that module is not available.
+    Uses ``curvtools.spectra.input_hessian_eigenvalues`` (fp32, eval mode).
     """
-    try:
-        from curvtools.spectra import input_hessian_eigenvalues
-    except ImportError as err:
-        warnings.warn(f"--hessian-every: curvtools.spectra is not available ({err}); skipped",
-                      stacklevel=2)
-        return None
+    from curvtools.spectra import input_hessian_eigenvalues
+
     was_training = net.training
     net.eval()
     values = []
@@ -775,9 +756,7 @@ def _run_epoch(engine: Engine, data: RunData, epoch: int, reporter: _Reporter) -
     row.update(evaluate_part(engine, data.test, epoch, STREAM_TEST_ATTACK, "test",
                              reporter.eval_step))
     if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
-        summary = hessian_summary(engine.net, data.test, cfg.hessian_examples)
-        if summary is not None:
-            row.update(summary)
+        row.update(hessian_summary(engine.net, data.test, cfg.hessian_examples))
     _sync(engine.device)
     row["eval_seconds"] = round(time.perf_counter() - started, 3)
     reporter.end_eval()
