@@ -40,7 +40,7 @@ from harness.metrics_file import read_metrics
 from paper_figs.specs import Spec, load_spec, run_dir
 
 __all__ = ["PlannedRun", "plan_sweep", "LocalExecutor", "Executor", "load_spec",
-           "parse_settings", "finished_epochs", "make_executor", "check_no_conflicts", "STATUSES"]
+           "parse_settings", "finished_epochs", "check_no_conflicts", "STATUSES"]
 
 def _resumable_changes() -> tuple[str, ...]:
     """Settings that may differ between a run directory and the spec without making it another
@@ -298,13 +298,3 @@ class LocalExecutor:
             ran.append(run.name)
             self.log(f"[{i}/{len(todo)}] {run.name}: done")
         return ran
-
-
-EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor}
-
-
-def make_executor(name: str, **kwargs: Any) -> Executor:
-    """The executor called ``name`` (only ``local`` for now)."""
-    if name not in EXECUTORS:
-        raise BadInput(f"--executor {name!r}: available: {', '.join(EXECUTORS)}")
-    return EXECUTORS[name](**kwargs)
