@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from paper_figs.output import pyplot, save_figure
@@ -59,12 +60,18 @@ def figure4(ctx: Context) -> list[Path]:
               ("train", "robust", "tab:red", "--"), ("test", "robust", "tab:red", "-")]
     for col, (name, run) in enumerate(runs.items()):
         top, bottom = axes[0][col], axes[1][col]
+        settled = []  # losses after the first epochs, which would squash the y axis
         for part, kind, color, style in curves:
             label = f"{'standard' if kind == 'clean' else 'robust'} {part}"
             epochs, acc = run.series(f"{part}_{kind}_acc")
             top.plot(epochs, [100 * (1 - a) for a in acc], color=color, ls=style, label=label)
             epochs, loss = run.series(f"{part}_{kind}_loss")
             bottom.plot(epochs, loss, color=color, ls=style, label=label)
+            settled += [v for e, v in zip(epochs, loss, strict=True) if e > 3 and math.isfinite(v)]
+        if settled:
+            low, high = min(settled), max(settled)
+            pad = 0.05 * (high - low) or 0.05
+            bottom.set_ylim(low - pad, high + pad)
         top.set_title(ACT_LABELS[name])
         bottom.set_xlabel("epoch")
     axes[0][0].set_ylabel("error (%)")
