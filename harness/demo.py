@@ -25,10 +25,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+# No augmentation: CIFAR's pipeline (horizontal flips, crops shifting a 16x16 digit by up to 4
+# pixels) changes what a digit is, and with it the nets stayed near chance for 6 epochs (clean
+# train accuracy ~20%); without it they reach ~97% clean in 3 epochs.
 DEMO_SETTINGS: dict[str, Any] = {
-    "dataset": "digits", "arch": "preactresnet18", "width": 0.125, "batch_size": 64,
+    "dataset": "digits", "arch": "preactresnet18", "width": 0.125, "batch_size": 32,
+    "augment": False,
     "val_subset": 100, "test_subset": 100,
-    "eval_batch_size": 512, "lr": 0.1, "eps_255": 32.0, "alpha_255": 16.0, "train_steps": 2,
+    "eval_batch_size": 512, "lr": 0.05, "eps_255": 32.0, "alpha_255": 16.0, "train_steps": 2,
     "eval_steps": 3, "lr_milestones": None, "device": "cpu", "precision": "fp32",
 }
 DEMO_EVAL_STEP_255 = 8.0
