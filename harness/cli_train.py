@@ -255,7 +255,7 @@ class _EvalBar:
 
 
 def demo_command(
-    epochs: Annotated[int, typer.Option(help="Epochs per activation.")] = 6,
+    epochs: Annotated[int, typer.Option(help="Epochs per activation.")] = 4,
     act: Annotated[list[str] | None, typer.Option(help="Activations (repeat the option); "
                                                        "default relu and silu.")] = None,
     out: Annotated[Path | None, typer.Option(help="Keep the runs here (default: a temporary "

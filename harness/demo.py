@@ -14,7 +14,7 @@ and test set. These are demo settings, not the paper's protocol.
 
 Example::
 
-    >>> rows = run_demo(epochs=6)
+    >>> rows = run_demo(epochs=4)
     >>> print(format_table(rows))
 """
 
@@ -50,7 +50,7 @@ def activation_curvature(act) -> tuple[float | None, str]:
     return float(result.curvature), result.kind
 
 
-def run_demo(acts: Sequence[str] = ("relu", "silu"), epochs: int = 6,
+def run_demo(acts: Sequence[str] = ("relu", "silu"), epochs: int = 4,
              out_dir: str | Path | None = None, seed: int = 0, progress: bool = True,
              log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Train one small net per activation on digits; returns one summary row per activation.
