@@ -27,6 +27,16 @@ def _loaded(ctx: Context, entry: str, names: tuple[str, ...]):
     return out
 
 
+def _zoom_past_first_epochs(ax, curves: list[tuple[list[int], list[float]]]) -> None:
+    """Set the y range from epochs > 3: the first epochs' large losses would squash the rest."""
+    settled = [v for epochs, values in curves
+               for e, v in zip(epochs, values, strict=True) if e > 3 and math.isfinite(v)]
+    if settled:
+        low, high = min(settled), max(settled)
+        pad = 0.05 * (high - low) or 0.05
+        ax.set_ylim(low - pad, high + pad)
+
+
 def figure1(ctx: Context) -> list[Path]:
     """Robust test loss against epoch, ReLU vs SiLU; the best-validation epoch is marked."""
     runs = _loaded(ctx, "fig1", ("relu", "silu"))
@@ -34,13 +44,16 @@ def figure1(ctx: Context) -> list[Path]:
         return []
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    curves = []
     for name, run in runs.items():
         epochs, loss = run.series("test_robust_loss")
+        curves.append((epochs, loss))
         ax.plot(epochs, loss, color=COLORS[name], label=f"{ACT_LABELS[name]} (test)")
         best = run.best_val_row
         if best is not None and "test_robust_loss" in best:
             ax.scatter([best["epoch"]], [best["test_robust_loss"]], color=COLORS[name],
                        marker="o", zorder=3, label=f"{ACT_LABELS[name]} best-val checkpoint")
+    _zoom_past_first_epochs(ax, curves)
     ax.set_xlabel("epoch")
     ax.set_ylabel("robust test loss")
     ax.set_title(f"Figure 1: robust test loss ({ctx.scale} scale)")
@@ -60,18 +73,15 @@ def figure4(ctx: Context) -> list[Path]:
               ("train", "robust", "tab:red", "--"), ("test", "robust", "tab:red", "-")]
     for col, (name, run) in enumerate(runs.items()):
         top, bottom = axes[0][col], axes[1][col]
-        settled = []  # losses after the first epochs, which would squash the y axis
+        losses = []
         for part, kind, color, style in curves:
             label = f"{'standard' if kind == 'clean' else 'robust'} {part}"
             epochs, acc = run.series(f"{part}_{kind}_acc")
             top.plot(epochs, [100 * (1 - a) for a in acc], color=color, ls=style, label=label)
             epochs, loss = run.series(f"{part}_{kind}_loss")
             bottom.plot(epochs, loss, color=color, ls=style, label=label)
-            settled += [v for e, v in zip(epochs, loss, strict=True) if e > 3 and math.isfinite(v)]
-        if settled:
-            low, high = min(settled), max(settled)
-            pad = 0.05 * (high - low) or 0.05
-            bottom.set_ylim(low - pad, high + pad)
+            losses.append((epochs, loss))
+        _zoom_past_first_epochs(bottom, losses)
         top.set_title(ACT_LABELS[name])
         bottom.set_xlabel("epoch")
     axes[0][0].set_ylabel("error (%)")
