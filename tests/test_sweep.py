@@ -157,7 +157,7 @@ def test_mini_scale_reads_the_jpeg_copy_beside_the_checkout(tmp_path):
                        settings={"dataset": "imagefolder:data/jpg"}, config_builder=fake_config)
     assert moved[0].config["dataset"] == f"imagefolder:{Path.cwd() / 'data' / 'jpg'}"
     cfg = plan[0].config
-    assert (cfg.train_subset, cfg.width, cfg.train_steps, cfg.epochs) == (1000, 0.25, 5, 100)
+    assert (cfg.train_subset, cfg.width, cfg.train_steps, cfg.epochs) == (1000, 0.25, 5, 60)
     assert [p.config.act for p in plan] == ["relu", "lisht", "gelu", "mish", "silu"]
 
 
