@@ -70,7 +70,13 @@ def build_engine(*, device: str | torch.device, width: float, batch_size: int = 
     Returns (engine, channels_last actually used). Uses ``TrainConfig`` (validated) and
     ``harness.train._build_engine``, so it follows every default of the real command.
     """
-    from harness.train import TrainConfig, _build_engine, autocast_dtype_for, resolve_device
+    from harness.train import (
+        TrainConfig,
+        _build_engine,
+        autocast_dtype_for,
+        resolve_channels_last,
+        resolve_device,
+    )
 
     cfg = TrainConfig.from_dict({
         "dataset": "cifar10", "width": width, "batch_size": batch_size, "precision": precision,
@@ -78,7 +84,7 @@ def build_engine(*, device: str | torch.device, width: float, batch_size: int = 
         "act": act, "seed": seed, "device": str(device), "download": False})
     dev = resolve_device(cfg.device)
     amp = autocast_dtype_for(cfg.precision, dev)
-    use_cl = cfg.channels_last if cfg.channels_last is not None else True  # as run_training
+    use_cl = resolve_channels_last(cfg)  # what run_training uses
     engine = _build_engine(cfg, _cifar_model_config(width, act), dev, amp, use_cl)
     return engine, use_cl
 

@@ -270,6 +270,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def resolve_channels_last(cfg: TrainConfig) -> bool:
+    """The memory format a run uses: ``cfg.channels_last``, or on by default on every device.
+
+    On CUDA for the tensor cores; on CPU because oneDNN's NHWC convolutions made the PGD-10
+    training step 1.13-1.47x faster here (bench/train_throughput.py, PreActResNet-18 widths 1/16
+    to 1; docs/benchmarks.md).
+    """
+    return cfg.channels_last if cfg.channels_last is not None else True
+
+
 def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA for ``auto``; None (fp32) on CPU for ``auto``."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
@@ -667,10 +677,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
     main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)
-    # channels_last by default on every device: on CUDA for the tensor cores, on CPU because
-    # oneDNN's NHWC convolutions made the PGD-10 training step 1.13-1.47x faster here
-    # (bench/train_throughput.py, PreActResNet-18 widths 1/16 to 1; docs/benchmarks.md).
-    channels_last = cfg.channels_last if cfg.channels_last is not None else True
+    channels_last = resolve_channels_last(cfg)
     data = load_run_data(cfg, device, channels_last, dist)  # may raise BadInput: nothing written
     model_config = _model_config(cfg, data)
     engine = _build_engine(cfg, model_config, device, amp, channels_last, dist)
