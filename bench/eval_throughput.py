@@ -26,8 +26,13 @@ from bench.timing import Stopwatch, rate_summary
 def ours_eval_throughput(images: torch.Tensor, labels, *, device: str | torch.device = "cpu",
                          width: float = 0.25, batch_size: int = 256, steps: int = 20,
                          restarts: int = 5, repeats: int = 3, precision: str = "fp32",
-                         channels_last: bool = False) -> dict[str, Any]:
-    """Images/s of ``harness.evaluate.evaluate_robust`` over all ``images`` (per repeat)."""
+                         channels_last: bool = False,
+                         cuda_graphs: bool | None = None) -> dict[str, Any]:
+    """Images/s of ``harness.evaluate.evaluate_robust`` over all ``images`` (per repeat).
+
+    ``cuda_graphs`` (default: on for CUDA): batches replay a CUDA graph captured during the
+    warm-up (``harness train`` does the same); off elsewhere.
+    """
     from bench.train_throughput import _cifar_model_config
     from harness.data import DeviceBatches
     from harness.evaluate import evaluate_robust
@@ -42,13 +47,17 @@ def ours_eval_throughput(images: torch.Tensor, labels, *, device: str | torch.de
         model = model.to(memory_format=torch.channels_last)
     batches = DeviceBatches(images, np.asarray(labels), dev, batch_size=batch_size,
                             channels_last=channels_last)
-    warm = DeviceBatches(images[:batch_size], np.asarray(labels)[:batch_size], dev,
+    graphs = dev.type == "cuda" and cuda_graphs is not False
+    graph_cache = {} if graphs else None
+    warm_n = batch_size * (5 if graphs else 1)  # graphs: 3 warm-up calls, capture, a replay
+    warm = DeviceBatches(images[:warm_n], np.asarray(labels)[:warm_n], dev,
                          batch_size=batch_size, channels_last=channels_last)
 
     def run(b):
         generator = torch.Generator(device=dev).manual_seed(0)
         return evaluate_robust(model, b, eps=8 / 255, alpha=2 / 255, steps=steps,
-                               restarts=restarts, generator=generator, autocast_dtype=amp)
+                               restarts=restarts, generator=generator, autocast_dtype=amp,
+                               graph_cache=graph_cache)
 
     with Stopwatch(dev) as warm_watch:
         run(warm)
@@ -62,7 +71,8 @@ def ours_eval_throughput(images: torch.Tensor, labels, *, device: str | torch.de
             "settings": {"loop": "harness.evaluate.evaluate_robust", "width": width,
                          "batch_size": batch_size, "steps": steps, "restarts": restarts,
                          "precision": "bf16" if amp is not None else "fp32",
-                         "channels_last": channels_last, "images": len(images),
+                         "channels_last": channels_last, "cuda_graphs": graphs,
+                         "images": len(images),
                          "repeats": repeats, "device": str(dev)}}
 
 

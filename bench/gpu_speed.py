@@ -180,11 +180,12 @@ def env_part(device: torch.device, sizes: Sizes) -> dict[str, Any]:
     return out
 
 
-def _engine(device, sizes: Sizes, precision: str = "auto", compile: bool = False):
+def _engine(device, sizes: Sizes, precision: str = "auto", compile: bool = False,
+            cuda_graphs: bool | None = None):
     from bench.train_throughput import build_engine
 
     return build_engine(device=device, width=sizes.width, batch_size=sizes.batch,
-                        precision=precision, compile=compile)
+                        precision=precision, compile=compile, cuda_graphs=cuda_graphs)
 
 
 def _batches(images, labels, device, batch: int, channels_last: bool):
@@ -245,9 +246,10 @@ def _warmup_batches(images, labels, device, sizes: Sizes, cl: bool):
 
 
 def ours_epoch_part(device, sizes: Sizes, images, labels, results: Results,
-                    precision: str = "auto", compile: bool = False) -> dict[str, Any]:
+                    precision: str = "auto", compile: bool = False,
+                    cuda_graphs: bool | None = None) -> dict[str, Any]:
     """Seconds per full training epoch of ours (median over ``ours_epochs``) and FLOP/s."""
-    engine, cl = _engine(device, sizes, precision, compile)
+    engine, cl = _engine(device, sizes, precision, compile, cuda_graphs)
     full = _batches(images, labels, device, sizes.batch, cl)
     warm = _warmup_batches(images, labels, device, sizes, cl)
     with Stopwatch(device) as warm_watch:
@@ -258,7 +260,11 @@ def ours_epoch_part(device, sizes: Sizes, images, labels, results: Results,
            "warmup_seconds": warm_watch.seconds, "warmup_steps": sizes.warmup_steps,
            "images": len(images), "batch": sizes.batch, "width": sizes.width,
            "precision": "bf16" if engine.amp is not None else "fp32", "channels_last": cl,
-           "compile": compile, "data": "synthetic uniform uint8 images, random labels"}
+           "compile": compile, "cuda_graphs": engine.cuda_graphs,
+           "data": "synthetic uniform uint8 images, random labels"}
+    if engine.cuda_graphs:
+        out["graphs"] = {name: step.stats() for name, step in
+                         zip(("robust", "clean"), engine.steps(), strict=True)}
     _add_flop_rate(out, results, out["seconds_per_epoch"]["median"])
     return out
 
@@ -307,9 +313,14 @@ def eval_part(device, sizes: Sizes, images, labels, budget: Budget) -> dict[str,
     n = sizes.eval_images
     out: dict[str, Any] = {"images": n, "attack": "PGD-20, 5 restarts, eps 8/255, step 2/255"}
     # "auto": bf16 autocast and channels_last on CUDA (the fast path), fp32 on a CPU
+    sub = sizes.eval_subset_fp32
     runs = [("ours_auto", lambda: ours_eval_throughput(
                 images[:n], labels[:n], device=device, width=sizes.width, repeats=1,
                 precision="auto", channels_last=device.type == "cuda"), n),
+            ("ours_auto_eager", lambda: ours_eval_throughput(
+                images[:sub], labels[:sub], device=device, width=sizes.width, repeats=1,
+                precision="auto", channels_last=device.type == "cuda", cuda_graphs=False),
+             sub),
             ("ours_fp32", lambda: ours_eval_throughput(
                 images[:sizes.eval_subset_fp32], labels[:sizes.eval_subset_fp32],
                 device=device, width=sizes.width, repeats=1, precision="fp32"),
@@ -431,6 +442,11 @@ def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
     results.run("flops", 10 * scale, budget, lambda: flops_part(device, sizes, images, labels))
     results.run("ours_epoch", 30 * scale, budget,
                 lambda: ours_epoch_part(device, sizes, images, labels, results))
+    if device.type == "cuda":
+        eager = Sizes(**{**sizes.__dict__, "ours_epochs": 1})
+        results.run("ours_eager", 45 * scale, budget,
+                    lambda: ours_epoch_part(device, eager, images, labels, results,
+                                            cuda_graphs=False))
     results.run("reference", 60 * scale, budget,
                 lambda: reference_part(device, sizes, images, labels))
     results.run("ours_fp32", 20 * scale, budget,
@@ -481,8 +497,10 @@ def table(results: Results) -> str:
         lines.append(f"FLOPs per image per step: ours {flops / 1e9:.2f} G, reference "
                      f"{get('flops', 'reference_flops_per_image_step') / 1e9:.2f} G")
     fast = p.get("ours_epoch", {})
-    fast_label = f"ours ({fast.get('precision', '?')}, channels_last={fast.get('channels_last')})"
+    fast_label = (f"ours ({fast.get('precision', '?')}, channels_last={fast.get('channels_last')}, "
+                  f"graphs={fast.get('cuda_graphs')})")
     rows = [(fast_label, "ours_epoch", ("seconds_per_epoch", "median")),
+            ("ours without CUDA graphs", "ours_eager", ("seconds_per_epoch", "median")),
             ("ours fp32 [extrapolated]", "ours_fp32", ("seconds_per_epoch_extrapolated",)),
             ("reference fp32 [extrapolated]", "reference",
              ("seconds_per_epoch_extrapolated",)),
@@ -508,7 +526,7 @@ def table(results: Results) -> str:
     n = get("eval", "images")
     if n:
         lines.append(f"PGD-20 x 5 evaluation, {n} images:")
-        for name in ("ours_auto", "ours_fp32", "reference"):
+        for name in ("ours_auto", "ours_auto_eager", "ours_fp32", "reference"):
             r = get("eval", name) or {}
             if f"seconds_for_{n}" in r:
                 extra = " [extrapolated]" if r.get("extrapolated") else ""

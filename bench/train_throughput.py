@@ -64,7 +64,7 @@ def _cifar_model_config(width: float, act: str = "relu") -> dict[str, Any]:
 def build_engine(*, device: str | torch.device, width: float, batch_size: int = 128,
                  precision: str = "auto", channels_last: bool | None = None,
                  compile: bool = False, attack_steps: int = 10, act: str = "relu",
-                 seed: int = 0):
+                 seed: int = 0, cuda_graphs: bool | None = None):
     """The ``harness.train.Engine`` that ``harness train`` would build for these settings.
 
     Returns (engine, channels_last actually used). Uses ``TrainConfig`` (validated) and
@@ -81,10 +81,11 @@ def build_engine(*, device: str | torch.device, width: float, batch_size: int = 
     cfg = TrainConfig.from_dict({
         "dataset": "cifar10", "width": width, "batch_size": batch_size, "precision": precision,
         "channels_last": channels_last, "compile": compile, "train_steps": attack_steps,
-        "act": act, "seed": seed, "device": str(device), "download": False})
+        "act": act, "seed": seed, "device": str(device), "download": False,
+        "cuda_graphs": cuda_graphs})
     dev = resolve_device(cfg.device)
     amp = autocast_dtype_for(cfg.precision, dev)
-    use_cl = resolve_channels_last(cfg)  # what run_training uses
+    use_cl = resolve_channels_last(cfg, dev)  # what run_training uses
     engine = _build_engine(cfg, _cifar_model_config(width, act), dev, amp, use_cl)
     return engine, use_cl
 
@@ -107,12 +108,13 @@ class OursTrainSession:
                  width: float = 0.25, batch_size: int = 128, steps: int = 8,
                  warmup_steps: int = 2, precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False,
-                 attack_steps: int = 10):
+                 attack_steps: int = 10, cuda_graphs: bool | None = None):
         from harness.train import train_one_epoch
 
         self.engine, self.channels_last = build_engine(
             device=device, width=width, batch_size=batch_size, precision=precision,
-            channels_last=channels_last, compile=compile, attack_steps=attack_steps)
+            channels_last=channels_last, compile=compile, attack_steps=attack_steps,
+            cuda_graphs=cuda_graphs)
         dev = self.engine.device
         warm = _device_batches(images, labels, dev, batch_size, max(1, warmup_steps),
                                self.channels_last)
@@ -127,7 +129,7 @@ class OursTrainSession:
                          "steps_per_repeat": steps, "warmup_steps": warmup_steps,
                          "precision": "bf16" if self.engine.amp is not None else "fp32",
                          "channels_last": self.channels_last, "compile": compile,
-                         "device": str(dev)}
+                         "cuda_graphs": self.engine.cuda_graphs, "device": str(dev)}
 
     def time_chunk(self) -> float:
         """Seconds for one call of ``train_one_epoch`` over ``steps`` batches."""

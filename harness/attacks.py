@@ -74,7 +74,9 @@ def _model_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
 def _autocast(device_type: str, dtype: torch.dtype | None):
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=dtype)
+    # No cast cache: each forward uses every weight once, and CUDA graph capture
+    # (harness.graphs) does not allow the cache.
+    return torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=False)
 
 
 def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
@@ -108,6 +110,24 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Gener
         radius = radius.reshape(-1, *([1] * (len(shape) - 1)))
         delta = direction / _per_example_norm(direction).clamp_min(1e-12) * radius * eps
     return delta.to(device=x.device).contiguous(memory_format=_memory_format(x))
+
+
+def draw_starts(x: torch.Tensor, *, eps: float, norm: str, restarts: int = 1,
+                random_start: bool = True, generator: torch.Generator | None = None,
+                rows_of_batch: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """The random starts :func:`pgd` would draw for ``x``, one per restart (before clipping).
+
+    ``pgd(..., starts=draw_starts(x, ...))`` equals ``pgd(..., generator=...)`` with the same
+    generator state: the starts are drawn in the same order from the same generator. Drawing them
+    outside lets a step that replays a CUDA graph (which cannot draw from a ``torch.Generator``)
+    run the same attack. Empty tuple when there is no random start (``eps == 0`` or
+    ``random_start=False``).
+    """
+    norm = normalize_norm_name(norm)
+    if not random_start or not eps > 0:
+        return ()
+    return tuple(_random_start(x.detach().float(), eps, norm, generator, rows_of_batch)
+                 for _ in range(int(restarts)))
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
@@ -153,7 +173,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
         steps: int, restarts: int = 1, norm: str = "linf", random_start: bool = True,
         bn_mode: str = "eval", generator: torch.Generator | None = None,
         autocast_dtype: torch.dtype | None = None, early_stop: bool = False,
-        rows_of_batch: tuple[int, int, int] | None = None) -> torch.Tensor:
+        rows_of_batch: tuple[int, int, int] | None = None,
+        starts: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
     """Untargeted PGD on the cross-entropy loss; returns the perturbation ``delta``.
 
     Args:
@@ -178,6 +199,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
             ``rank::world_size`` of a batch of ``n`` examples split across ranks. The random
             start is drawn for all ``n`` rows and this rank's rows kept, so the ranks together
             use exactly the starts one process would draw for the whole batch.
+        starts: the random starts, one per restart, drawn beforehand by :func:`draw_starts`
+            (then ``generator`` and ``rows_of_batch`` are not used); ``()`` for none.
 
     Returns:
         delta, fp32, same shape as x, with ``x + delta`` in [0, 1] and ``||delta|| <= eps``.
@@ -192,15 +215,18 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
     _check_args(x, y, eps, alpha, steps, restarts, bn_mode)
     x = x.detach().float()
     y = y.detach()
+    if starts is None:
+        starts = draw_starts(x, eps=eps, norm=norm, restarts=restarts,
+                             random_start=random_start, generator=generator,
+                             rows_of_batch=rows_of_batch)
+    elif len(starts) not in (0, int(restarts)):
+        raise BadInput(f"{len(starts)} random starts given for {restarts} restarts")
     device_type = x.device.type
     with _model_mode(model, bn_mode), torch.enable_grad():
         best_delta = torch.zeros_like(x)
         best_loss = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
-        for _ in range(int(restarts)):
-            if random_start and eps > 0:
-                delta = _random_start(x, eps, norm, generator, rows_of_batch)
-            else:
-                delta = torch.zeros_like(x)
+        for restart in range(int(restarts)):
+            delta = starts[restart] if starts else torch.zeros_like(x)
             delta = torch.maximum(torch.minimum(delta, 1.0 - x), -x)
             for _ in range(int(steps)):
                 delta.requires_grad_(True)

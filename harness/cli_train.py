@@ -134,9 +134,13 @@ def train_command(
     precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), "
                                                 "fp32 or bf16.")] = "auto",
     channels_last: Annotated[bool | None, typer.Option(
-        "--channels-last/--no-channels-last", help="channels_last memory format (default: on).")
+        "--channels-last/--no-channels-last",
+        help="channels_last memory format (default: on for CUDA, off on CPU).")
     ] = None,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    cuda_graphs: Annotated[bool | None, typer.Option(
+        "--cuda-graphs/--no-cuda-graphs", help="Replay each training step from a CUDA graph "
+                                               "(default: on for CUDA).")] = None,
     sync_bn: Annotated[bool, typer.Option(help="Data parallel (torchrun): BatchNorm "
                                               "statistics over the global batch "
                                               "(SyncBatchNorm).")] = False,

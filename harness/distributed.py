@@ -326,7 +326,8 @@ def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, *, eps: f
                      alpha: float, steps: int, restarts: int = 1, norm: str = "linf",
                      generator: torch.Generator | None = None,
                      autocast_dtype: torch.dtype | None = None,
-                     on_batch: Callable[[], None] | None = None) -> dict[str, float]:
+                     on_batch: Callable[[], None] | None = None,
+                     graph_cache: dict | None = None) -> dict[str, float]:
     """``harness.evaluate.evaluate_robust`` split over ranks, with the same result.
 
     Every rank holds the whole set; rank ``r`` evaluates rows ``r::world_size`` of each batch,
@@ -341,7 +342,8 @@ def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, *, eps: f
     if not ctx.enabled:
         return evaluate_robust(model, batches, eps=eps, alpha=alpha, steps=steps,
                                restarts=restarts, norm=norm, generator=generator,
-                               autocast_dtype=autocast_dtype, on_batch=on_batch)
+                               autocast_dtype=autocast_dtype, on_batch=on_batch,
+                               graph_cache=graph_cache)
     broadcast_buffers(model, ctx)
     shards = _RowShards(batches, ctx)
 

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -50,7 +51,7 @@ def _batches_of(batches: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
 
 
 def zero_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -71,12 +72,38 @@ def zero_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return (zero & correct).sum(), correct.sum()
 
 
+def _stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
+           autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Summed clean loss, clean correct, summed robust loss, robust correct (float64 [4])."""
+    with torch.no_grad(), _autocast(x.device, autocast_dtype):
+        clean_logits = model(x).float()
+        robust_logits = model((x + delta).clamp(0.0, 1.0)).float()
+    return torch.stack([
+        F.cross_entropy(clean_logits, y, reduction="sum").double(),
+        (clean_logits.argmax(1) == y).sum().double(),
+        F.cross_entropy(robust_logits, y, reduction="sum").double(),
+        (robust_logits.argmax(1) == y).sum().double()])
+
+
+def _batch_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor,
+                 eps: float, alpha: float, steps: int, restarts: int, norm: str,
+                 autocast_dtype: torch.dtype | None, early_stop: bool) -> torch.Tensor:
+    """Our PGD from the given starts (BatchNorm in eval mode), then :func:`_stats`."""
+    from harness.attacks import pgd
+
+    delta = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, restarts=restarts, norm=norm,
+                bn_mode="eval", autocast_dtype=autocast_dtype, early_stop=early_stop,
+                starts=starts)
+    return _stats(model, x, y, delta, autocast_dtype)
+
+
 def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float, steps: int,
                     restarts: int = 1, norm: str = "linf",
                     generator: torch.Generator | None = None,
                     autocast_dtype: torch.dtype | None = None, early_stop: bool = False,
                     perturb: Perturb | None = None,
-                    on_batch: Callable[[], None] | None = None) -> dict[str, float]:
+                    on_batch: Callable[[], None] | None = None,
+                    graph_cache: dict | None = None) -> dict[str, float]:
     """Clean and robust loss/accuracy of ``model`` (put in eval mode) over ``batches``.
 
     ``batches``: a ``harness.data.DeviceBatches`` (served in order, unaugmented) or an iterable
@@ -88,8 +115,20 @@ def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float,
     correctly classified examples whose input gradient is exactly zero (one extra backward per
     call); above :data:`ZERO_GRADIENT_WARN_SHARE` (of at least
     :data:`ZERO_GRADIENT_MIN_CORRECT` examples) a :class:`GradientMaskingWarning` is issued.
+    ``graph_cache``: a dict kept by the caller across calls; on CUDA the per-batch attack and
+    forwards are then replayed from a CUDA graph (:class:`harness.graphs.GraphedStep`) that
+    later calls with the same model and settings reuse (``harness train`` evaluates every epoch).
     """
-    from harness.attacks import pgd
+    from harness.attacks import draw_starts
+
+    batch_stats = functools.partial(_batch_stats, model, eps=eps, alpha=alpha, steps=steps,
+                                    restarts=restarts, norm=norm, autocast_dtype=autocast_dtype,
+                                    early_stop=early_stop)
+    if graph_cache is not None and perturb is None:
+        from harness.graphs import GraphedStep
+
+        key = (id(model), eps, alpha, steps, restarts, norm, autocast_dtype, early_stop)
+        batch_stats = graph_cache.setdefault(key, GraphedStep(batch_stats))
 
     was_training = model.training
     model.eval()
@@ -101,19 +140,10 @@ def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float,
             sums = torch.zeros(4, device=x.device, dtype=torch.float64)
             zero_grads, checked = zero_input_gradients(model, x, y, autocast_dtype)
         if perturb is None:
-            delta = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
-                        norm=norm, bn_mode="eval", generator=generator,
-                        autocast_dtype=autocast_dtype, early_stop=early_stop)
+            starts = draw_starts(x, eps=eps, norm=norm, restarts=restarts, generator=generator)
+            sums += batch_stats(x, y, *starts)
         else:
-            delta = perturb(x, y)
-        with torch.no_grad(), _autocast(x.device, autocast_dtype):
-            clean_logits = model(x).float()
-            robust_logits = model((x + delta).clamp(0.0, 1.0)).float()
-        sums += torch.stack([
-            F.cross_entropy(clean_logits, y, reduction="sum").double(),
-            (clean_logits.argmax(1) == y).sum().double(),
-            F.cross_entropy(robust_logits, y, reduction="sum").double(),
-            (robust_logits.argmax(1) == y).sum().double()])
+            sums += _stats(model, x, y, perturb(x, y), autocast_dtype)
         n += y.shape[0]
         if on_batch is not None:
             on_batch()
@@ -207,7 +237,8 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     started = time.perf_counter()
     result = evaluate_robust(model, batches, eps=eps, alpha=alpha, steps=steps,
                              restarts=restarts, norm=norm, generator=generator,
-                             autocast_dtype=amp, perturb=perturb, on_batch=on_batch)
+                             autocast_dtype=amp, perturb=perturb, on_batch=on_batch,
+                             graph_cache={} if dev.type == "cuda" else None)
     return {"checkpoint": str(ckpt), "epoch": payload.get("epoch"), "dataset": spec,
             "attack": attack, "norm": norm, "eps_255": eps_255, "alpha_255": alpha_255,
             "steps": steps if attack != "autoattack" else None,

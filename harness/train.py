@@ -74,8 +74,8 @@ ATTACK_BN_MODES = ("train", "eval")
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
 
 # Settings that may change when resuming: they do not change what is computed.
-RESUMABLE_CHANGES = ("epochs", "device", "sync_bn", "compile", "save_every", "hessian_every",
-                     "hessian_examples", "data_dir", "download", "eval_batch_size")
+RESUMABLE_CHANGES = ("epochs", "device", "sync_bn", "compile", "cuda_graphs", "save_every",
+                     "hessian_every", "hessian_examples", "data_dir", "download", "eval_batch_size")
 
 # Streams of random numbers derived from (seed, epoch, stream): independent of each other.
 STREAM_TRAIN_ATTACK, STREAM_VAL_ATTACK, STREAM_TEST_ATTACK = 101, 102, 103
@@ -137,6 +137,7 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    cuda_graphs: bool | None = None  # None: on for CUDA (harness.graphs), off elsewhere
     save_every: int = 0
     hessian_every: int = 0
     hessian_examples: int = 100
@@ -242,8 +243,9 @@ def _validate(c: TrainConfig) -> None:
           f"attack_bn={c.attack_bn!r}; allowed: {', '.join(ATTACK_BN_MODES)}")
     _need(c.precision in PRECISIONS,
           f"precision={c.precision!r}; allowed: {', '.join(PRECISIONS)}")
-    _need(c.channels_last is None or isinstance(c.channels_last, bool),
-          f"channels_last={c.channels_last!r} must be true, false or null (auto)")
+    for name in ("channels_last", "cuda_graphs"):
+        v = getattr(c, name)
+        _need(v is None or isinstance(v, bool), f"{name}={v!r} must be true, false or null (auto)")
     for name in ("save_every", "hessian_every"):
         v = getattr(c, name)
         _need(_is_int(v) and v >= 0, f"{name}={v!r} must be an integer >= 0 (0 = off)")
@@ -270,14 +272,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_channels_last(cfg: TrainConfig) -> bool:
-    """The memory format a run uses: ``cfg.channels_last``, or on by default on every device.
+def resolve_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """The memory format a run uses: ``cfg.channels_last``, or by default on CUDA only.
 
-    On CUDA for the tensor cores; on CPU because oneDNN's NHWC convolutions made the PGD-10
-    training step 1.13-1.47x faster here (bench/train_throughput.py, PreActResNet-18 widths 1/16
-    to 1; docs/benchmarks.md).
+    On CUDA for the tensor cores. Off by default on a CPU: oneDNN's NHWC convolutions made the
+    PGD-10 step 1.13-1.47x faster on one thread (bench/train_throughput.py), but with torch
+    2.14.1 and two or more threads, training a narrow PreActResNet-18 (width 1/16 or 1/8) in
+    channels_last on small batches (5 or 21 images) corrupted the heap and crashed the process
+    (``bench/gpu_speed.py --tiny``, reproduced with a plain forward/backward loop). Pass
+    ``--channels-last`` to opt in on a CPU.
     """
-    return cfg.channels_last if cfg.channels_last is not None else True
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    return device.type == "cuda"
 
 
 def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
@@ -455,6 +462,24 @@ class Engine:
     # the clean forward and evaluation use ``forward`` (no gradient reduction needed).
     train_forward: nn.Module | None = None
     dist: DistContext = SINGLE
+    cuda_graphs: bool = False
+    _steps: tuple | None = None
+    eval_graphs: dict | None = None  # harness.evaluate.evaluate_robust's graph cache
+
+    def steps(self) -> tuple[Callable, Callable]:
+        """``(robust, clean)`` of :class:`TrainStep`, replayed from CUDA graphs when enabled.
+
+        Built once per engine, so the graphs captured in the first epoch serve every epoch.
+        """
+        if self._steps is None:
+            step = TrainStep(self)
+            if self.cuda_graphs:
+                from harness.graphs import GraphedStep
+
+                self._steps = (GraphedStep(step.robust), GraphedStep(step.clean))
+            else:
+                self._steps = (step.robust, step.clean)
+        return self._steps
 
     @property
     def eps(self) -> float:
@@ -467,7 +492,8 @@ class Engine:
     def autocast(self):
         if self.amp is None:
             return torch.autocast(device_type=self.device.type, enabled=False)
-        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+        # no cast cache: CUDA graph capture does not allow it, and each weight is used once
+        return torch.autocast(device_type=self.device.type, dtype=self.amp, cache_enabled=False)
 
 
 def _attack_generator(device: torch.device, seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -476,29 +502,29 @@ def _attack_generator(device: torch.device, seed: int, epoch: int, stream: int) 
     return torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, stream))
 
 
-def train_one_epoch(engine: Engine, batches, epoch: int,
-                    on_batch: Callable[[], None] | None = None) -> dict[str, float]:
-    """One epoch (0-based ``epoch``) of PGD training; returns the train metrics and last lr.
+class TrainStep:
+    """One training step of the protocol, split where the optimizer steps (see the module doc).
 
-    Sums stay on the device and are read once at the end: no host sync per step.
+    ``robust(x, y, *starts)``: the attack from the given random starts, then the robust forward
+    and backward; returns ``(stats [2], *grads)`` with stats = (summed robust loss, robust
+    correct count) and the parameter gradients. ``clean(x, y)``: the train-mode clean forward
+    after the optimizer step; returns stats = (summed clean loss, clean correct count). Neither
+    synchronizes with the host or draws random numbers, so on CUDA each is replayed from a CUDA
+    graph (:class:`harness.graphs.GraphedStep`) and the optimizer step runs between them.
     """
-    from harness.attacks import pgd
 
-    cfg, model = engine.cfg, engine.forward
-    n_batches = len(batches)
-    generator = _attack_generator(engine.device, cfg.seed, epoch, STREAM_TRAIN_ATTACK)
-    sums = torch.zeros(4, device=engine.device, dtype=torch.float64)
-    count = 0
-    lr = cfg.lr
-    model.train()
-    for i, (x, y) in enumerate(batches.epoch(epoch, cfg.seed, augment=cfg.augment)):
-        lr = piecewise_lr(epoch + (i + 1) / n_batches, cfg)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.params = [p for p in engine.net.parameters() if p.requires_grad]
+
+    def robust(self, x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor):
+        from harness.attacks import pgd
+
+        engine, cfg = self.engine, self.engine.cfg
+        model = engine.forward
         delta = pgd(model, x, y, eps=engine.eps, alpha=engine.step_size, steps=cfg.train_steps,
                     restarts=cfg.train_restarts, norm=cfg.norm, bn_mode=cfg.attack_bn,
-                    generator=generator, autocast_dtype=engine.amp,
-                    rows_of_batch=engine.dist.rows_of_batch(y.shape[0]))
+                    autocast_dtype=engine.amp, starts=starts)
         x_adv = (x + delta).clamp_(0.0, 1.0)
         with engine.autocast():
             robust_logits = (model if engine.train_forward is None
@@ -506,17 +532,63 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
         robust_loss = F.cross_entropy(robust_logits.float(), y)
         engine.optimizer.zero_grad(set_to_none=True)
         robust_loss.backward()
-        engine.optimizer.step()
-        with torch.no_grad(), engine.autocast():
-            clean_logits = model(x)  # train mode, after the step: Rice et al.'s train numbers
-        clean_loss = F.cross_entropy(clean_logits.float(), y)
         b = y.shape[0]
-        sums += torch.stack([
-            robust_loss.detach().double() * b,
-            (robust_logits.detach().argmax(1) == y).sum().double(),
-            clean_loss.double() * b,
-            (clean_logits.argmax(1) == y).sum().double()])
-        count += b
+        stats = torch.stack([robust_loss.detach().double() * b,
+                             (robust_logits.detach().argmax(1) == y).sum().double()])
+        return (stats, *[p.grad for p in self.params])
+
+    def clean(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        engine = self.engine
+        with torch.no_grad(), engine.autocast():
+            clean_logits = engine.forward(x)  # train mode, after the step: Rice et al.'s numbers
+        clean_loss = F.cross_entropy(clean_logits.float(), y)
+        return torch.stack([clean_loss.double() * y.shape[0],
+                            (clean_logits.argmax(1) == y).sum().double()])
+
+
+def uses_cuda_graphs(cfg: TrainConfig, device: torch.device, dist: DistContext = SINGLE) -> bool:
+    """Whether training steps replay CUDA graphs: ``cfg.cuda_graphs``, or by default on CUDA.
+
+    Not with ``torch.compile`` (it brings its own graphs) or data parallel (DDP's gradient
+    all-reduce hooks run outside a capture).
+    """
+    if cfg.cuda_graphs is False or device.type != "cuda" or cfg.compile or dist.enabled:
+        return False
+    return True
+
+
+def train_one_epoch(engine: Engine, batches, epoch: int,
+                    on_batch: Callable[[], None] | None = None) -> dict[str, float]:
+    """One epoch (0-based ``epoch``) of PGD training; returns the train metrics and last lr.
+
+    Sums stay on the device and are read once at the end: no host sync per step. On CUDA the two
+    halves of the step (:class:`TrainStep`) replay CUDA graphs captured in the first epoch.
+    """
+    from harness.attacks import draw_starts
+
+    cfg = engine.cfg
+    robust, clean = engine.steps()
+    n_batches = len(batches)
+    generator = _attack_generator(engine.device, cfg.seed, epoch, STREAM_TRAIN_ATTACK)
+    sums = torch.zeros(4, device=engine.device, dtype=torch.float64)
+    count = 0
+    lr = cfg.lr
+    engine.forward.train()
+    params = [p for p in engine.net.parameters() if p.requires_grad]
+    for i, (x, y) in enumerate(batches.epoch(epoch, cfg.seed, augment=cfg.augment)):
+        lr = piecewise_lr(epoch + (i + 1) / n_batches, cfg)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        starts = draw_starts(x, eps=engine.eps, norm=cfg.norm, restarts=cfg.train_restarts,
+                             generator=generator,
+                             rows_of_batch=engine.dist.rows_of_batch(y.shape[0]))
+        robust_stats, *grads = robust(x, y, *starts)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g  # a replay writes the captured gradient tensors: point .grad at them
+        engine.optimizer.step()
+        clean_stats = clean(x, y)
+        sums += torch.cat([robust_stats, clean_stats])
+        count += y.shape[0]
         if on_batch is not None:
             on_batch()
     if engine.dist.enabled:  # the whole global batch's numbers, the same on every rank
@@ -536,7 +608,8 @@ def evaluate_part(engine: Engine, batches, epoch: int, stream: int, prefix: str,
         eps=engine.eps, alpha=engine.step_size, steps=cfg.eval_steps,
         restarts=cfg.eval_restarts, norm=cfg.norm,
         generator=_attack_generator(engine.device, cfg.seed, epoch, stream),
-        autocast_dtype=engine.amp, on_batch=on_batch)
+        autocast_dtype=engine.amp, on_batch=on_batch,
+        graph_cache=engine.eval_graphs if engine.cuda_graphs else None)
     return {f"{prefix}_{key}": result[key] for key in
             ("clean_loss", "clean_acc", "robust_loss", "robust_acc")}
 
@@ -645,7 +718,8 @@ def _build_engine(cfg: TrainConfig, model_config: dict, device: torch.device,
     extra = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, **extra)
-    return Engine(cfg, net, forward, optimizer, device, amp, train_forward, dist)
+    return Engine(cfg, net, forward, optimizer, device, amp, train_forward, dist,
+                  cuda_graphs=uses_cuda_graphs(cfg, device, dist), eval_graphs={})
 
 
 def _sync(device: torch.device) -> None:
@@ -677,7 +751,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
     main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)
-    channels_last = resolve_channels_last(cfg)
+    channels_last = resolve_channels_last(cfg, device)
     data = load_run_data(cfg, device, channels_last, dist)  # may raise BadInput: nothing written
     model_config = _model_config(cfg, data)
     engine = _build_engine(cfg, model_config, device, amp, channels_last, dist)
@@ -703,6 +777,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         (out_dir / "DONE").unlink(missing_ok=True)
     record = _run_record(cfg, data, model_config, device, amp, channels_last)
     record["resolved"]["world_size"] = dist.world_size
+    record["resolved"]["cuda_graphs"] = engine.cuda_graphs
     write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
     metrics_path = out_dir / "metrics.jsonl"
     rows = [r for r in read_metrics(metrics_path) if int(r.get("epoch", 0)) <= start_epoch]

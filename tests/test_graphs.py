@@ -1,0 +1,148 @@
+"""harness.graphs and the training step it replays: the graph path must compute what the eager
+step computes. On a CPU the replay path is emulated (inputs routed through fixed buffers); on
+CUDA the real capture is compared with the eager step."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from harness.attacks import draw_starts, pgd
+from harness.graphs import GraphedStep
+from harness.train import (
+    STREAM_TRAIN_ATTACK,
+    TrainConfig,
+    TrainStep,
+    _attack_generator,
+    _build_engine,
+    _model_config,
+    load_run_data,
+    train_one_epoch,
+    uses_cuda_graphs,
+)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _tiny_net(seed=0, device="cpu"):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.SiLU(),
+        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 10)).to(device)
+
+
+@pytest.mark.parametrize("norm,restarts,bn_mode", [("linf", 1, "train"), ("linf", 3, "eval"),
+                                                   ("l2", 2, "train")])
+def test_pgd_from_drawn_starts_equals_pgd_drawing_them(norm, restarts, bn_mode):
+    x = torch.rand(6, 3, 8, 8)
+    y = torch.randint(0, 10, (6,))
+    eps = 8 / 255 if norm == "linf" else 0.5
+    kw = dict(eps=eps, alpha=eps / 4, steps=3, restarts=restarts, norm=norm, bn_mode=bn_mode)
+    net_a, net_b = _tiny_net(), _tiny_net()
+    drawn = pgd(net_a, x, y, generator=torch.Generator().manual_seed(5), **kw)
+    starts = draw_starts(x, eps=eps, norm=norm, restarts=restarts,
+                         generator=torch.Generator().manual_seed(5))
+    given = pgd(net_b, x, y, starts=starts, **kw)
+    assert len(starts) == restarts
+    assert torch.equal(drawn, given)
+    # BatchNorm in train mode moved the running statistics identically too
+    assert torch.equal(net_a[1].running_mean, net_b[1].running_mean)
+
+
+def test_graphed_step_routes_first_shape_through_static_buffers_and_others_eagerly():
+    calls = []
+
+    def fn(a, b):
+        calls.append((a.data_ptr(), b.data_ptr()))
+        return a * 2 + b
+
+    step = GraphedStep(fn, static=True)
+    x1, y1 = torch.ones(4, 3), torch.zeros(4, 3)
+    out1 = step(x1, y1)
+    out2 = step(torch.full((4, 3), 3.0), torch.ones(4, 3))
+    assert torch.equal(out1, torch.full((4, 3), 2.0)) and torch.equal(out2, torch.full((4, 3), 7.0))
+    assert calls[0] == calls[1] and calls[0] != (x1.data_ptr(), y1.data_ptr())  # fixed buffers
+    other = step(torch.ones(2, 3), torch.ones(2, 3))  # the smaller last batch: eager
+    assert torch.equal(other, torch.full((2, 3), 3.0))
+    assert step.stats() == {"captured": False, "replays": 2, "eager_calls": 1}
+    with pytest.raises(ValueError):
+        GraphedStep(fn, warmup=0)
+
+
+def _digits_engine(tmp_path, **over):
+    cfg = TrainConfig.from_dict(dict(
+        dataset="digits", width=0.0625, epochs=2, batch_size=32, train_subset=200, val_subset=20,
+        test_subset=20, train_steps=2, eval_steps=1, lr=0.05, device="cpu") | over)
+    device = torch.device("cpu")
+    data = load_run_data(cfg, device, channels_last=True)
+    engine = _build_engine(cfg, _model_config(cfg, data), device, None, True)
+    return cfg, data, engine
+
+
+def test_training_through_static_buffers_equals_eager_training(tmp_path):
+    """Two epochs (200 images, 7 batches each, the last smaller) through the replay path's
+    buffers give bit-identical metrics, weights, momentum and BatchNorm statistics."""
+    results = []
+    for static in (False, True):
+        cfg, data, engine = _digits_engine(tmp_path)
+        if static:
+            step = TrainStep(engine)
+            engine._steps = (GraphedStep(step.robust, static=True),
+                             GraphedStep(step.clean, static=True))
+        rows = [train_one_epoch(engine, data.train, epoch) for epoch in range(2)]
+        results.append((rows, copy.deepcopy(engine.net.state_dict()),
+                        copy.deepcopy(engine.optimizer.state_dict()["state"])))
+        if static:
+            assert engine._steps[0].stats()["eager_calls"] == 2  # one smaller batch per epoch
+            assert engine._steps[0].stats()["replays"] == 12
+    (rows_a, state_a, opt_a), (rows_b, state_b, opt_b) = results
+    assert rows_a == rows_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"])
+               for i in opt_a)
+
+
+def test_cuda_graphs_default_only_where_they_apply():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not uses_cuda_graphs(TrainConfig(), cpu)
+    assert uses_cuda_graphs(TrainConfig(), cuda)
+    assert not uses_cuda_graphs(TrainConfig(cuda_graphs=False), cuda)
+    assert not uses_cuda_graphs(TrainConfig(compile=True), cuda)
+
+
+@needs_cuda
+def test_cuda_graph_training_matches_eager_training_on_cuda(tmp_path):
+    """The captured step replays the eager step: fp32 (TF32 off), same data and starts; the
+    metrics of two epochs agree to float rounding (cuDNN may pick other algorithms inside a
+    capture, so bit equality is not promised)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    rows = {}
+    for graphs in (False, True):
+        cfg = TrainConfig.from_dict(dict(
+            dataset="digits", width=0.125, epochs=2, batch_size=32, train_subset=400,
+            val_subset=20, test_subset=20, train_steps=3, eval_steps=1, lr=0.05, device="cuda",
+            precision="fp32", cuda_graphs=graphs))
+        device = torch.device("cuda")
+        data = load_run_data(cfg, device, channels_last=True)
+        engine = _build_engine(cfg, _model_config(cfg, data), device, None, True)
+        assert engine.cuda_graphs == graphs
+        rows[graphs] = [train_one_epoch(engine, data.train, e) for e in range(2)]
+        if graphs:
+            stats = engine.steps()[0].stats()
+            assert stats["captured"] and stats["replays"] >= 2 * 12 - 3 - 1
+    for a, b in zip(rows[False], rows[True], strict=True):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
+
+
+@needs_cuda
+def test_attack_generator_draws_identically_for_graph_and_eager_paths():
+    x = torch.rand(8, 3, 8, 8, device="cuda")
+    g1 = _attack_generator(torch.device("cuda"), 0, 0, STREAM_TRAIN_ATTACK)
+    g2 = _attack_generator(torch.device("cuda"), 0, 0, STREAM_TRAIN_ATTACK)
+    a = draw_starts(x, eps=8 / 255, norm="linf", generator=g1)
+    b = draw_starts(x, eps=8 / 255, norm="linf", generator=g2)
+    assert torch.equal(a[0], b[0])
