@@ -269,6 +269,16 @@ def ours_epoch_part(device, sizes: Sizes, images, labels, results: Results,
     return out
 
 
+def _with_cudnn_benchmark(fn: Callable[[], dict]) -> dict:
+    """``fn()`` with ``torch.backends.cudnn.benchmark`` on (cuDNN times its algorithms)."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        return fn() | {"cudnn_benchmark": True}
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def _add_flop_rate(out: dict, results: Results, seconds_per_epoch: float) -> None:
     flops = results.part("flops").get("ours_flops_per_epoch")
     env = results.part("env")
@@ -358,15 +368,23 @@ def _imagefolder_from_npz(npz_path: Path, root: Path) -> str:
 
 
 def equality_part(device, sizes: Sizes, budget: Budget, npz: Path | None,
-                  tiny: bool) -> dict[str, Any]:
-    """Short training runs: fp32 vs bf16 (same seed), plus a second seed of each for spread."""
+                  tiny: bool, data_spec: str | None = None,
+                  train_subset: int = 5000) -> dict[str, Any]:
+    """Short training runs: fp32 vs bf16 (same seed), plus a second seed of each for spread.
+
+    Data: ``data_spec`` (a ``harness train --dataset`` spec, e.g. ``imagefolder:PATH`` of the
+    CIFAR-10 JPEG copy; ``train_subset`` training images, 1,000 validation, 2,000 test), else
+    the ``npz`` subset, else scikit-learn's digits.
+    """
     from harness.train import TrainConfig, run_training
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = _imagefolder_from_npz(npz, Path(tmp) / "data") if npz else "digits"
+        spec = data_spec or (_imagefolder_from_npz(npz, Path(tmp) / "data") if npz else "digits")
         base = {"dataset": spec, "epochs": sizes.equality_epochs, "width": sizes.equality_width,
                 "device": str(device), "lr_milestones": None, "data_dir": tmp,
                 "download": False}
+        if data_spec and not tiny:
+            base.update(train_subset=train_subset, val_subset=1000, test_subset=2000)
         if tiny:
             base.update(train_subset=64, val_subset=16, test_subset=32, batch_size=32,
                         train_steps=2, eval_steps=2)
@@ -386,8 +404,9 @@ def equality_part(device, sizes: Sizes, budget: Budget, npz: Path | None,
                                                 "train_clean_acc", "train_robust_acc",
                                                 "val_robust_acc")}
             runs[name]["seconds"] = round(last_seconds, 2)
-    out: dict[str, Any] = {"dataset": "digits (scikit-learn)" if npz is None else
-                           f"CIFAR-10 subset from {npz.name}",
+    label = (f"{data_spec} ({base.get('train_subset', 'all')} training images)" if data_spec else
+             f"CIFAR-10 subset from {npz.name}" if npz else "digits (scikit-learn)")
+    out: dict[str, Any] = {"dataset": label,
                            "epochs": sizes.equality_epochs, "width": sizes.equality_width,
                            "runs": runs}
     out.update(_equality_verdict(runs))
@@ -427,7 +446,8 @@ def compile_part(device, sizes: Sizes, images, labels, results: Results) -> dict
 
 
 def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
-        npz: Path | None = None, tiny: bool = False, compile: bool | None = None) -> Results:
+        npz: Path | None = None, tiny: bool = False, compile: bool | None = None,
+        data_spec: str | None = None) -> Results:
     """All parts in order of importance, within ``budget_s`` seconds."""
     budget = Budget(budget_s)
     results = Results(out_dir / "gpu_speed.json")
@@ -443,10 +463,13 @@ def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
     results.run("ours_epoch", 30 * scale, budget,
                 lambda: ours_epoch_part(device, sizes, images, labels, results))
     if device.type == "cuda":
-        eager = Sizes(**{**sizes.__dict__, "ours_epochs": 1})
+        one = Sizes(**{**sizes.__dict__, "ours_epochs": 1})
         results.run("ours_eager", 45 * scale, budget,
-                    lambda: ours_epoch_part(device, eager, images, labels, results,
+                    lambda: ours_epoch_part(device, one, images, labels, results,
                                             cuda_graphs=False))
+        results.run("ours_cudnn_benchmark", 20 * scale, budget,
+                    lambda: _with_cudnn_benchmark(lambda: ours_epoch_part(
+                        device, one, images, labels, results)))
     results.run("reference", 60 * scale, budget,
                 lambda: reference_part(device, sizes, images, labels))
     results.run("ours_fp32", 20 * scale, budget,
@@ -454,7 +477,7 @@ def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
     results.run("eval", 40 * scale, budget,
                 lambda: eval_part(device, sizes, images, labels, budget))
     results.run("equality", 60 * scale, budget,
-                lambda: equality_part(device, sizes, budget, npz, tiny))
+                lambda: equality_part(device, sizes, budget, npz, tiny, data_spec))
     if compile is None:
         compile = device.type == "cuda"
     if compile:
@@ -501,6 +524,8 @@ def table(results: Results) -> str:
                   f"graphs={fast.get('cuda_graphs')})")
     rows = [(fast_label, "ours_epoch", ("seconds_per_epoch", "median")),
             ("ours without CUDA graphs", "ours_eager", ("seconds_per_epoch", "median")),
+            ("ours, cudnn.benchmark on", "ours_cudnn_benchmark",
+             ("seconds_per_epoch", "median")),
             ("ours fp32 [extrapolated]", "ours_fp32", ("seconds_per_epoch_extrapolated",)),
             ("reference fp32 [extrapolated]", "reference",
              ("seconds_per_epoch_extrapolated",)),
@@ -588,6 +613,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--equality-npz", type=Path, default=None,
                         help="CIFAR subset from --export-cifar-subset for the equality runs "
                              "(default: scikit-learn digits)")
+    parser.add_argument("--equality-data", default=None, metavar="SPEC",
+                        help="dataset spec for the equality runs, e.g. imagefolder:PATH of the "
+                             "CIFAR-10 JPEG copy (5,000-image subset); overrides --equality-npz")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="run the torch.compile part (default: on CUDA only)")
     parser.add_argument("--export-cifar-subset", type=Path, default=None, metavar="PATH",
@@ -611,7 +639,7 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cpu" and not args.tiny:
         print("[gpu_speed] warning: full sizes on a CPU take hours; use --tiny", flush=True)
     results = run(sizes, args.budget_s, out_dir, device, args.equality_npz, args.tiny,
-                  args.compile)
+                  args.compile, args.equality_data)
     print(table(results), flush=True)
     print(f"JSON: {results.path}")
 

@@ -2,8 +2,12 @@
 
 Same net, same test images, target 1e-3 relative accuracy per example. Methods:
 
-- ``lanczos``: :func:`curvtools.spectra.input_hessian_eigenvalues` (batched forward-over-reverse
-  HVPs, batched Lanczos, tol 1e-3), batches of ``--batch``;
+- ``lanczos``: :func:`curvtools.spectra.input_hessian_eigenvalues` (batched HVPs, batched
+  Lanczos, tol 1e-3, converged examples dropped from the batch, eigenvalue-error stop rule:
+  the library defaults), batches of ``--batch``; ``--stop``, ``--check-every``,
+  ``--no-compact`` and ``--hvp-mode`` change it, and ``--lanczos-configs`` adds one row per
+  configuration (e.g. ``residual/5/nocompact`` is the behaviour before compaction and the
+  eigenvalue rule);
 - ``power``: per-example power iteration with double backward, the PyHessian method
   (``autograd.grad(create_graph=True)`` once, then ``grad(g . v)`` per step; stop when the
   Rayleigh quotient changes by < tol relative), one example at a time;
@@ -12,14 +16,16 @@ Same net, same test images, target 1e-3 relative accuracy per example. Methods:
 - ``eigsh``: ``scipy.sparse.linalg.eigsh(which="LA", k=1, tol=1e-3)`` per example, with the same
   double-backward HVP as a LinearOperator.
 
-Reference: float64 batched Lanczos with tol 1e-9 (max_iter = input dimension, i.e. exact when run
-to the end). "wrong eigenvalue": the estimate is closer to lambda_min than to lambda_max, i.e.
-the method returned the most negative eigenvalue.
+Reference: float64 batched Lanczos with Ritz residual <= 1e-9 (max_iter = input dimension, i.e.
+exact when run to the end). "wrong eigenvalue": the estimate is closer to lambda_min than to
+lambda_max, i.e. the method returned the most negative eigenvalue.
 
 The net: ``--ckpt PATH`` (a harness checkpoint; images from its test set) or, by default, a
-PreActResNet-18 of ``--width`` with ``--act`` trained for ``--train-steps`` SGD steps on the digits
-dataset (scikit-learn, offline; 16x16x1 images), or random-init with ``--train-steps 0`` (then the
-output says so). Prints one JSON object.
+PreActResNet-18 of ``--width`` with ``--act`` trained for ``--train-steps`` SGD steps on ``--data``
+(default the digits dataset, scikit-learn, offline, 16x16x1 images; or ``imagefolder:PATH``, e.g.
+the CIFAR-10 JPEG copy, 3x32x32, a class-balanced subset of ``--train-images`` training
+images), or random-init with ``--train-steps 0`` (then the output says so). Prints one JSON
+object; ``--json PATH`` also writes it to a file.
 
     python bench/hessian_bench.py --n 64 --width 0.25 --train-steps 150 --threads 2
 """
@@ -51,18 +57,23 @@ def _sync(device: torch.device) -> None:
 
 
 def digits_model(args, device):
-    """PreActResNet-18 (width ``args.width``) trained briefly on digits; returns (model, x, y)."""
-    from harness.data import open_source
+    """PreActResNet-18 (width ``args.width``) trained briefly on ``args.data``; returns
+    (model, x, y, label)."""
+    from harness.data import open_source, stratified_subset
     from harness.models import build_model
 
-    source = open_source("digits", "data")
-    config = {"arch": "preactresnet18", "act": resolve(args.act).config(), "num_classes": 10,
-              "in_channels": 1, "width": args.width, "mean": list(source.mean),
-              "std": list(source.std)}
+    source = open_source(args.data, "data", download=False)
+    config = {"arch": "preactresnet18", "act": resolve(args.act).config(),
+              "num_classes": source.num_classes, "in_channels": source.in_channels,
+              "width": args.width, "mean": list(source.mean), "std": list(source.std)}
     torch.manual_seed(args.seed)
     model = build_model(config).to(device)
-    train_y = torch.as_tensor(source.labels("train"), device=device)
-    train_x = source.images("train", np.arange(len(train_y))).float().div(255).to(device)
+    labels = source.labels("train")
+    # class-balanced: an ImageFolder lists its images class by class, so the first N are one class
+    take = stratified_subset(labels, np.arange(len(labels)), min(len(labels), args.train_images),
+                             args.seed)
+    train_y = torch.as_tensor(labels[take], device=device)
+    train_x = source.images("train", take).float().div(255).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     model.train()
@@ -73,12 +84,16 @@ def digits_model(args, device):
         loss.backward()
         opt.step()
     model.eval()
-    test_y = torch.as_tensor(source.labels("test"), device=device)
-    test_x = source.images("test", np.arange(len(test_y))).float().div(255).to(device)
+    test_labels = source.labels("test")
+    test_take = stratified_subset(test_labels, np.arange(len(test_labels)),
+                                  min(len(test_labels), max(args.n, 1000)), args.seed)
+    test_y = torch.as_tensor(test_labels[test_take], device=device)
+    test_x = source.images("test", test_take).float().div(255).to(device)
     with torch.no_grad():
         acc = float((model(test_x).argmax(1) == test_y).float().mean())
     keep = torch.randperm(len(test_y), generator=gen)[: args.n].sort().values.to(device)
-    label = (f"PreActResNet-18 width {args.width} {args.act}, digits, "
+    data = "digits" if args.data == "digits" else f"{args.data} ({len(take)} train images)"
+    label = (f"PreActResNet-18 width {args.width} {args.act}, {data}, "
              + (f"{args.train_steps} SGD steps, test acc {acc:.3f}" if args.train_steps
                 else "RANDOM INIT (timing only)"))
     return model, test_x[keep], test_y[keep], label
@@ -106,23 +121,42 @@ def double_backward_hvp(model, x1, y1):
     return hvp
 
 
-def run_lanczos(model, x, y, args, device):
+def lanczos_config(text: str) -> dict:
+    """``STOP/CHECK_EVERY/compact|nocompact[/HVP_MODE]`` -> keyword arguments of the library."""
+    parts = text.split("/")
+    if len(parts) not in (3, 4) or parts[2] not in ("compact", "nocompact"):
+        raise SystemExit(f"--lanczos-configs entry {text!r}: use STOP/CHECK_EVERY/compact|"
+                         "nocompact[/HVP_MODE], e.g. residual/5/nocompact")
+    out = {"stop": parts[0], "check_every": int(parts[1]), "compact": parts[2] == "compact"}
+    if len(parts) == 4:
+        out["hvp_mode"] = parts[3]
+    return out
+
+
+def run_lanczos(model, x, y, args, device, config=None):
+    """Batched Lanczos in batches of ``--batch``; ``config`` overrides stop/check/compact/mode."""
+    options = {"stop": args.stop, "check_every": args.check_every, "compact": args.compact,
+               "hvp_mode": args.hvp_mode, **(config or {})}
     _sync(device)
     start = time.perf_counter()
-    lam, iters, conv, work = [], [], [], 0
+    lam, iters, conv, est, work, calls = [], [], [], [], 0, 0
     for lo in range(0, len(y), args.batch):
         res = input_hessian_eigenvalues(model, x[lo : lo + args.batch], y[lo : lo + args.batch],
                                         tol=args.tol, max_iter=args.max_iter,
                                         dtype=DTYPES[args.dtype], seed=args.seed,
-                                        which=("max",) if args.which == "max" else ("max", "min"))
+                                        which=("max",) if args.which == "max" else ("max", "min"),
+                                        **options)
         lam.append(res.lambda_max.numpy())
         iters.append(res.iterations.numpy())
         conv.append(res.converged.numpy())
-        work += res.hvp_batches * len(y[lo : lo + args.batch])
+        est.append(res.error_estimate.numpy())
+        work += res.hvps_computed
+        calls += res.hvp_batches
     _sync(device)
     return {"seconds": time.perf_counter() - start, "lambda_max": np.concatenate(lam),
             "hvps_per_example": np.concatenate(iters), "hvps_computed": work,
-            "converged": np.concatenate(conv)}
+            "batched_calls": calls, "converged": np.concatenate(conv),
+            "error_estimate": np.concatenate(est), "options": options}
 
 
 def run_power(model, x, y, args, device, oracle=None):
@@ -194,6 +228,15 @@ def summarize(name, out, ref_max, ref_min):
            "wrong_eigenvalue_count": int(np.sum(wrong))}
     if "converged" in out:
         row["share_converged"] = float(np.mean(out["converged"]))
+        row["batched_calls"] = int(out["batched_calls"])
+        row["error_estimate_max"] = float(np.max(out["error_estimate"]))
+        # Is the reported estimate an upper bound of the true error? (share where it is)
+        row["share_estimate_bounds_error"] = float(np.mean(err <= out["error_estimate"] * 1.0001
+                                                           + 1e-15))
+        # How far the estimate falls short of the true error, worst example (<= 1: a bound).
+        row["error_over_estimate_max"] = float(np.max(err / np.maximum(out["error_estimate"],
+                                                                      1e-300)))
+        row["options"] = out["options"]
     return row
 
 
@@ -205,10 +248,25 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256, help="test images")
     p.add_argument("--batch", type=int, default=256, help="Lanczos batch size")
     p.add_argument("--width", type=float, default=0.25, help="PreActResNet-18 width multiplier")
+    p.add_argument("--data", type=str, default="digits", help="digits or imagefolder:PATH "
+                   "(e.g. the CIFAR-10 JPEG copy) for the default trained net")
+    p.add_argument("--train-images", type=int, default=2000, help="training images used "
+                   "(first N) for the default trained net")
     p.add_argument("--act", type=str, default="silu", help="activation (registry name)")
     p.add_argument("--train-steps", type=int, default=300, help="SGD steps on digits (0: random)")
     p.add_argument("--tol", type=float, default=1e-3, help="target relative accuracy")
     p.add_argument("--max-iter", type=int, default=100, help="Lanczos iteration cap")
+    p.add_argument("--stop", choices=["eigenvalue", "residual"], default="eigenvalue",
+                   help="Lanczos stop rule (estimated eigenvalue error or Ritz residual)")
+    p.add_argument("--check-every", type=int, default=2, help="Lanczos iterations per check")
+    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
+                   help="drop converged examples from the Lanczos batch")
+    p.add_argument("--hvp-mode", choices=["fwd-rev", "rev-rev"], default="rev-rev",
+                   help="Lanczos HVPs: jvp of grad, or double backward on a kept graph")
+    p.add_argument("--lanczos-configs", type=str, default="",
+                   help="extra Lanczos rows, comma list of STOP/CHECK_EVERY/compact|nocompact"
+                   "[/HVP_MODE], e.g. residual/5/nocompact,eigenvalue/3/compact")
+    p.add_argument("--json", type=str, default=None, help="also write the JSON to this file")
     p.add_argument("--power-max-iter", type=int, default=300, help="power iteration cap")
     p.add_argument("--ref-max-iter", type=int, default=256, help="reference Lanczos cap")
     p.add_argument("--methods", type=str, default="lanczos,power,power_oracle,eigsh",
@@ -233,37 +291,45 @@ def main() -> None:
     double_backward_hvp(model, x[:1], y[:1])(torch.ones(n_dim, device=device))
 
     ref = input_hessian_eigenvalues(model, x, y, tol=1e-9, max_iter=min(n_dim, args.ref_max_iter),
-                                    dtype=torch.float64, seed=args.seed + 1)
+                                    dtype=torch.float64, seed=args.seed + 1, stop="residual")
     ref_max, ref_min = ref.lambda_max.numpy(), ref.lambda_min.numpy()
     def run_power_oracle(*a):
         return run_power(*a, oracle=ref_max)
 
     runners = {"lanczos": run_lanczos, "power": run_power, "power_oracle": run_power_oracle,
                "eigsh": run_eigsh}
+    methods = [m for m in args.methods.split(",") if m]
+    for text in filter(None, args.lanczos_configs.split(",")):
+        config = lanczos_config(text)
+        runners[f"lanczos {text}"] = (lambda *a, config=config: run_lanczos(*a, config=config))
+        methods.append(f"lanczos {text}")
     # The per-example baselines run in the same precision as the Lanczos HVPs.
     model_b, x_b = copy.deepcopy(model).to(DTYPES[args.dtype]), x.to(DTYPES[args.dtype])
     rows = []
-    for m in args.methods.split(","):
-        rows.append(summarize(m, runners[m](model_b if m != "lanczos" else model,
-                                            x_b if m != "lanczos" else x, y, args, device),
-                              ref_max, ref_min))
+    for m in methods:
+        ours = m.startswith("lanczos")
+        rows.append(summarize(m, runners[m](model if ours else model_b, x if ours else x_b, y,
+                                            args, device), ref_max, ref_min))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     by = {r["method"]: r for r in rows}
     speedup = ({k: round(by[k]["seconds"] / by["lanczos"]["seconds"], 2)
                 for k in by if k != "lanczos"} if "lanczos" in by else {})
-    print(json.dumps({
+    text = json.dumps({
         "net": label, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "n": len(y), "input_dim": n_dim,
         "tol": args.tol, "batch": args.batch, "dtype": args.dtype, "which": args.which,
         "torch": torch.__version__,
-        "reference": {"method": "float64 batched Lanczos tol 1e-9",
+        "reference": {"method": "float64 batched Lanczos, Ritz residual <= 1e-9",
                       "share_converged": float(ref.converged.float().mean()),
                       "lambda_max_median": float(np.median(ref_max)),
                       "lambda_min_median": float(np.median(ref_min)),
                       "share_negative_dominates": float(np.mean(np.abs(ref_min) > ref_max))},
-        "methods": rows, "wall_time_ratio_vs_lanczos": speedup}, indent=1))
+        "methods": rows, "wall_time_ratio_vs_lanczos": speedup}, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def test_hessian_cli_writes_json_csv_plot_matching_the_library(run_dir, tmp_path
     got = np.array([e["lambda_max"] for e in body["examples"][:2]])
     np.testing.assert_allclose(got, direct.lambda_max.numpy(), rtol=1e-9)
     assert all(e["converged"] for e in body["examples"])
+    assert all(0 <= e["error_estimate"] <= 1e-2 for e in body["examples"])
+    assert body["settings"]["stop"] == "eigenvalue" and body["settings"]["hvp_mode"] == "rev-rev"
 
 
 def test_hessian_cli_on_a_run_directory_gives_lambda_max_per_checkpoint(run_dir, tmp_path,
@@ -77,7 +79,9 @@ def test_hessian_cli_on_a_run_directory_gives_lambda_max_per_checkpoint(run_dir,
 
 
 @pytest.mark.parametrize("args", [["--function", "mse"], ["--n", "0"], ["--tol", "0"],
-                                  ["--dtype", "bfloat16"], ["--k", "0"]])
+                                  ["--dtype", "bfloat16"], ["--k", "0"],
+                                  ["--stop", "change"], ["--hvp-mode", "fwd-fwd"],
+                                  ["--check-every", "0"]])
 def test_hessian_cli_bad_input_is_one_line_exit_2_and_leaves_outputs_alone(run_dir, tmp_path,
                                                                            capsys, args):
     out = tmp_path / "keep.json"
