@@ -46,16 +46,27 @@ if [ "${PIPESTATUS[0]}" -ne 0 ]; then
 fi
 
 echo "[gpu_run] $(elapsed) s: Hessian"
-timeout -k 5 110 "$PY" bench/hessian_bench.py --n 256 --batch 256 --width 1.0 \
+# the library defaults, the behaviour before compaction and the new stop rule, and the new
+# rule with forward-over-reverse HVPs; per-example power iteration (PyHessian) beside them
+timeout -k 5 130 "$PY" bench/hessian_bench.py --n 256 --batch 256 --width 1.0 \
     --train-steps 400 --dtype float64 --methods lanczos,power,power_oracle \
-    --lanczos-configs "residual/5/nocompact" --json "$OUT/hessian_f64.json" \
-    > "$OUT/hessian_f64.log" 2>&1
-tail -c 1500 "$OUT/hessian_f64.log"
+    --lanczos-configs "residual/5/nocompact/fwd-rev,eigenvalue/2/compact/fwd-rev" \
+    --json "$OUT/hessian_f64.json" > "$OUT/hessian_f64.log" 2>&1
+tail -c 600 "$OUT/hessian_f64.log"
 
 left=$(( 520 - $(elapsed) ))
 if [ -d "$DATA" ] && [ "$left" -gt 60 ]; then
     echo "[gpu_run] $(elapsed) s: real CIFAR-10 run, 2 epochs (limit ${left} s)"
-    timeout -k 5 "$left" "$PY" -c "from harness.cli import main; main()" train --dataset "imagefolder:$DATA" \
-        --epochs 2 --out "$OUT/cifar_run" --no-progress 2>&1 | tail -8
+    timeout -k 5 "$left" "$PY" -c "from harness.cli import main; main()" train \
+        --dataset "imagefolder:$DATA" --epochs 2 --out "$OUT/cifar_run" --no-progress 2>&1 \
+        | tail -8
+fi
+left=$(( 540 - $(elapsed) ))
+if [ "$left" -gt 50 ]; then
+    echo "[gpu_run] $(elapsed) s: Hessian, float32 HVPs (TF32 off), limit ${left} s"
+    timeout -k 5 "$left" "$PY" bench/hessian_bench.py --n 256 --batch 256 --width 1.0 \
+        --train-steps 400 --dtype float32 --methods lanczos,power \
+        --json "$OUT/hessian_f32.json" > "$OUT/hessian_f32.log" 2>&1
+    tail -c 400 "$OUT/hessian_f32.log"
 fi
 echo "[gpu_run] done after $(elapsed) s"

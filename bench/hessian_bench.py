@@ -23,7 +23,7 @@ lambda_max, i.e. the method returned the most negative eigenvalue.
 The net: ``--ckpt PATH`` (a harness checkpoint; images from its test set) or, by default, a
 PreActResNet-18 of ``--width`` with ``--act`` trained for ``--train-steps`` SGD steps on ``--data``
 (default the digits dataset, scikit-learn, offline, 16x16x1 images; or ``imagefolder:PATH``, e.g.
-the CIFAR-10 JPEG copy, 3x32x32, a class-balanced subset of ``--train-images`` training
+the CIFAR-10 JPEG copy, 3x32x32, a random subset of ``--train-images`` training
 images), or random-init with ``--train-steps 0`` (then the output says so). Prints one JSON
 object; ``--json PATH`` also writes it to a file.
 
@@ -56,10 +56,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _random_subset(total: int, n: int, seed: int) -> np.ndarray:
+    """``min(n, total)`` sorted indices drawn without replacement (seeded)."""
+    return np.sort(np.random.default_rng(seed).permutation(total)[: min(n, total)])
+
+
 def digits_model(args, device):
     """PreActResNet-18 (width ``args.width``) trained briefly on ``args.data``; returns
     (model, x, y, label)."""
-    from harness.data import open_source, stratified_subset
+    from harness.data import open_source
     from harness.models import build_model
 
     source = open_source(args.data, "data", download=False)
@@ -69,9 +74,8 @@ def digits_model(args, device):
     torch.manual_seed(args.seed)
     model = build_model(config).to(device)
     labels = source.labels("train")
-    # class-balanced: an ImageFolder lists its images class by class, so the first N are one class
-    take = stratified_subset(labels, np.arange(len(labels)), min(len(labels), args.train_images),
-                             args.seed)
+    # a random subset: an ImageFolder lists its images class by class (the first N: one class)
+    take = _random_subset(len(labels), args.train_images, args.seed)
     train_y = torch.as_tensor(labels[take], device=device)
     train_x = source.images("train", take).float().div(255).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -85,8 +89,7 @@ def digits_model(args, device):
         opt.step()
     model.eval()
     test_labels = source.labels("test")
-    test_take = stratified_subset(test_labels, np.arange(len(test_labels)),
-                                  min(len(test_labels), max(args.n, 1000)), args.seed)
+    test_take = _random_subset(len(test_labels), max(args.n, 1000), args.seed)
     test_y = torch.as_tensor(test_labels[test_take], device=device)
     test_x = source.images("test", test_take).float().div(255).to(device)
     with torch.no_grad():
