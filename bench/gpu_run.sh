@@ -1,72 +1,87 @@
 #!/usr/bin/env bash
 # One GPU call (at most 9 minutes): CUDA correctness tests, the speed benchmark, the Hessian
-# benchmark and a short real CIFAR-10 run, each under its own time limit so one slow part
-# cannot take the others with it.
+# benchmark, a short real CIFAR-10 run and (optionally) torch.compile, each under its own time
+# limit so that one slow part cannot take the others with it.
 #
-#   bash bench/gpu_run.sh            # on the GPU machine, from the repository root
+#   bash bench/gpu_run.sh                                  # tests, cifar, speed, hessian
+#   SECTIONS=tests,cifar,speed,compile SPEED_PARTS=env,flops,ours_epoch,equality \
+#       bash bench/gpu_run.sh
 #
-# Data: the CIFAR-10 JPEG copy at $GPU_DATA (default .gpu_data/cifar10-jpg, carried with the
-# call); without it the equality runs use digits and the real CIFAR run is skipped.
+# Data: the CIFAR-10 JPEG copy, from bench_data/cifar10-jpg.tar.gz when it travels with the call
+#   (tar czf bench_data/cifar10-jpg.tar.gz -C ../shared/data cifar10-jpg   # ~20 MB)
+# or from $GPU_DATA; without it the equality runs use digits and the CIFAR run is skipped.
 # Writes into $OUT: nvidia_smi.txt, pytest_cuda.txt, gpu_speed.json/.log, hessian_*.json,
-# cifar_run/ (metrics.jsonl, config.json) and a final summary on stdout.
+# cifar_run/ (config.json, metrics.jsonl), compile/gpu_speed.json.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
+SECTIONS=",${SECTIONS:-tests,cifar,speed,hessian},"
+SPEED_PARTS="${SPEED_PARTS:-}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-DATA="${GPU_DATA:-.gpu_data/cifar10-jpg}"
 started=$(date +%s)
 elapsed() { echo $(( $(date +%s) - started )); }
+want() { [[ "$SECTIONS" == *",$1,"* ]]; }
 
+DATA="${GPU_DATA:-}"
+if [ -z "$DATA" ] && [ -f bench_data/cifar10-jpg.tar.gz ]; then
+    mkdir -p /tmp/lowcurv_data && tar xzf bench_data/cifar10-jpg.tar.gz -C /tmp/lowcurv_data \
+        && DATA=/tmp/lowcurv_data/cifar10-jpg
+fi
+echo "[gpu_run] data: ${DATA:-none} (extracted after $(elapsed) s)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 \
     | tee "$OUT/nvidia_smi.txt"
 "$PY" -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])"
 
-echo "[gpu_run] $(elapsed) s: CUDA tests"
-if "$PY" -c "import pytest" 2>/dev/null; then
-    timeout -k 5 100 "$PY" -m pytest -q -p no:cacheprovider -k "cuda" \
-        tests/test_graphs.py tests/test_data.py tests/test_models.py 2>&1 | tail -15 \
-        | tee "$OUT/pytest_cuda.txt"
-else
-    echo "pytest not installed on this machine: CUDA tests skipped" | tee "$OUT/pytest_cuda.txt"
+if want tests; then
+    echo "[gpu_run] $(elapsed) s: CUDA tests"
+    if "$PY" -c "import pytest" 2>/dev/null; then
+        # tests/conftest.py hides GPUs unless CUDA_VISIBLE_DEVICES is set
+        CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" timeout -k 5 150 "$PY" -m pytest -q \
+            -p no:cacheprovider -k "cuda" tests/test_graphs.py tests/test_data.py \
+            tests/test_models.py 2>&1 | tail -15 | tee "$OUT/pytest_cuda.txt"
+    else
+        echo "pytest not installed here: CUDA tests skipped" | tee "$OUT/pytest_cuda.txt"
+    fi
 fi
 
-echo "[gpu_run] $(elapsed) s: speed"
-extra=()
-if [ -d "$DATA" ]; then
-    extra+=(--equality-data "imagefolder:$DATA")
+if want cifar && [ -n "$DATA" ]; then
+    echo "[gpu_run] $(elapsed) s: harness train on CIFAR-10 (45k/5k/10k), 2 epochs"
+    timeout -k 5 170 "$PY" -c "from harness.cli import main; main()" train \
+        --dataset "imagefolder:$DATA" --epochs 2 --out "$OUT/cifar_run" --no-progress 2>&1 \
+        | tail -6
 fi
-timeout -k 10 290 "$PY" -m bench.gpu_speed --budget-s 270 --no-compile --out "$OUT" \
-    "${extra[@]}" 2>&1 | tee "$OUT/gpu_speed.log" | grep -v "^\[gpu_speed\] .*needs" | tail -45
-if [ "${PIPESTATUS[0]}" -ne 0 ]; then
-    echo "[gpu_run] gpu_speed stopped early; table from the partial JSON:"
+
+if want speed; then
+    echo "[gpu_run] $(elapsed) s: speed"
+    extra=()
+    [ -n "$DATA" ] && extra+=(--equality-data "imagefolder:$DATA")
+    [ -n "$SPEED_PARTS" ] && extra+=(--parts "$SPEED_PARTS")
+    timeout -k 10 290 "$PY" -m bench.gpu_speed --budget-s 270 --no-compile --out "$OUT" \
+        "${extra[@]}" > "$OUT/gpu_speed.log" 2>&1
     "$PY" -m bench.gpu_speed --table-only "$OUT/gpu_speed.json"
 fi
 
-echo "[gpu_run] $(elapsed) s: Hessian"
-# the library defaults, the behaviour before compaction and the new stop rule, and the new
-# rule with forward-over-reverse HVPs; per-example power iteration (PyHessian) beside them
-timeout -k 5 130 "$PY" bench/hessian_bench.py --n 256 --batch 256 --width 1.0 \
-    --train-steps 400 --dtype float64 --methods lanczos,power,power_oracle \
-    --lanczos-configs "residual/5/nocompact/fwd-rev,eigenvalue/2/compact/fwd-rev" \
-    --json "$OUT/hessian_f64.json" > "$OUT/hessian_f64.log" 2>&1
-tail -c 600 "$OUT/hessian_f64.log"
-
-left=$(( 520 - $(elapsed) ))
-if [ -d "$DATA" ] && [ "$left" -gt 60 ]; then
-    echo "[gpu_run] $(elapsed) s: real CIFAR-10 run, 2 epochs (limit ${left} s)"
-    timeout -k 5 "$left" "$PY" -c "from harness.cli import main; main()" train \
-        --dataset "imagefolder:$DATA" --epochs 2 --out "$OUT/cifar_run" --no-progress 2>&1 \
-        | tail -8
+if want hessian; then
+    echo "[gpu_run] $(elapsed) s: Hessian"
+    # the library defaults, the behaviour before compaction and the new stop rule, and the new
+    # rule with forward-over-reverse HVPs; per-example power iteration (PyHessian) beside them
+    timeout -k 5 130 "$PY" bench/hessian_bench.py --n 256 --batch 256 --width 1.0 \
+        --train-steps 400 --dtype float64 --methods lanczos,power,power_oracle \
+        --lanczos-configs "residual/5/nocompact/fwd-rev,eigenvalue/2/compact/fwd-rev" \
+        --json "$OUT/hessian_f64.json" > "$OUT/hessian_f64.log" 2>&1
+    tail -c 300 "$OUT/hessian_f64.log"
 fi
-left=$(( 540 - $(elapsed) ))
-if [ "$left" -gt 50 ]; then
-    echo "[gpu_run] $(elapsed) s: Hessian, float32 HVPs (TF32 off), limit ${left} s"
-    timeout -k 5 "$left" "$PY" bench/hessian_bench.py --n 256 --batch 256 --width 1.0 \
-        --train-steps 400 --dtype float32 --methods lanczos,power \
-        --json "$OUT/hessian_f32.json" > "$OUT/hessian_f32.log" 2>&1
-    tail -c 400 "$OUT/hessian_f32.log"
+
+if want compile; then
+    left=$(( 500 - $(elapsed) ))
+    echo "[gpu_run] $(elapsed) s: torch.compile + CUDA graphs (limit ${left} s)"
+    mkdir -p "$OUT/compile"
+    timeout -k 10 "$left" "$PY" -m bench.gpu_speed --budget-s $(( left - 15 )) --compile \
+        --parts env,flops,compile --out "$OUT/compile" > "$OUT/compile/gpu_speed.log" 2>&1
+    tail -5 "$OUT/compile/gpu_speed.log"
+    "$PY" -m bench.gpu_speed --table-only "$OUT/compile/gpu_speed.json" | grep -i "compile"
 fi
 echo "[gpu_run] done after $(elapsed) s"

@@ -71,6 +71,24 @@ def _model_mode(model: nn.Module, bn_mode: str) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def _input_gradients_only(model: nn.Module) -> Iterator[None]:
+    """Parameters stop requiring gradients for the attack and are restored after.
+
+    Eager autograd computes only the gradients ``autograd.grad(loss, delta)`` asks for anyway;
+    a ``torch.compile``d model traces its backward for every input that requires a gradient, so
+    without this its attack steps would compute (and throw away) the weight gradients again.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def _autocast(device_type: str, dtype: torch.dtype | None):
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
@@ -222,7 +240,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
     elif len(starts) not in (0, int(restarts)):
         raise BadInput(f"{len(starts)} random starts given for {restarts} restarts")
     device_type = x.device.type
-    with _model_mode(model, bn_mode), torch.enable_grad():
+    with _model_mode(model, bn_mode), _input_gradients_only(model), torch.enable_grad():
         best_delta = torch.zeros_like(x)
         best_loss = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
         for restart in range(int(restarts)):

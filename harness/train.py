@@ -549,10 +549,11 @@ class TrainStep:
 def uses_cuda_graphs(cfg: TrainConfig, device: torch.device, dist: DistContext = SINGLE) -> bool:
     """Whether training steps replay CUDA graphs: ``cfg.cuda_graphs``, or by default on CUDA.
 
-    Not with ``torch.compile`` (it brings its own graphs) or data parallel (DDP's gradient
-    all-reduce hooks run outside a capture).
+    Not with data parallel (DDP's gradient all-reduce hooks run outside a capture). With
+    ``--compile`` the compiled kernels are captured too (torch.compile's default mode brings no
+    graphs of its own).
     """
-    if cfg.cuda_graphs is False or device.type != "cuda" or cfg.compile or dist.enabled:
+    if cfg.cuda_graphs is False or device.type != "cuda" or dist.enabled:
         return False
     return True
 
@@ -703,6 +704,16 @@ def _checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dic
             "rng": _rng_state(engine.device), "best_val_robust_acc": best}
 
 
+def _allow_recompiles(limit: int = 64) -> None:
+    """One compiled graph per (train/eval mode, gradients or not, batch shape): a run needs ~10,
+    more than torch._dynamo's default limit of 8, past which it silently falls back to eager."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
+
+
 def _build_engine(cfg: TrainConfig, model_config: dict, device: torch.device,
                   amp: torch.dtype | None, channels_last: bool,
                   dist: DistContext = SINGLE) -> Engine:
@@ -713,6 +724,8 @@ def _build_engine(cfg: TrainConfig, model_config: dict, device: torch.device,
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     net, ddp = wrap_model(net, dist, device, sync_bn=cfg.sync_bn)  # (net, net) in 1 process
+    if cfg.compile:
+        _allow_recompiles()
     forward = torch.compile(net) if cfg.compile else net
     train_forward = (torch.compile(ddp) if cfg.compile else ddp) if dist.enabled else None
     extra = {"fused": True} if device.type == "cuda" else {}

@@ -109,7 +109,26 @@ def test_cuda_graphs_default_only_where_they_apply():
     assert not uses_cuda_graphs(TrainConfig(), cpu)
     assert uses_cuda_graphs(TrainConfig(), cuda)
     assert not uses_cuda_graphs(TrainConfig(cuda_graphs=False), cuda)
-    assert not uses_cuda_graphs(TrainConfig(compile=True), cuda)
+    assert uses_cuda_graphs(TrainConfig(compile=True), cuda)  # compiled kernels are captured
+
+
+def test_attack_freezes_parameters_inside_and_restores_them():
+    """A compiled model traces a backward for every input needing a gradient: the attack turns
+    parameter gradients off so its steps compute input gradients only."""
+    net = _tiny_net()
+    seen = []
+    net[0].register_forward_hook(lambda m, i, o: seen.append(m.weight.requires_grad))
+    x, y = torch.rand(4, 3, 8, 8), torch.randint(0, 10, (4,))
+    pgd(net, x, y, eps=0.03, alpha=0.01, steps=2, bn_mode="train")
+    assert seen and not any(seen)
+    assert all(p.requires_grad for p in net.parameters())
+    def fail(*_):
+        raise RuntimeError("forward failed")
+
+    net[2].register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="forward failed"):
+        pgd(net, x, y, eps=0.03, alpha=0.01, steps=1)
+    assert all(p.requires_grad for p in net.parameters())
 
 
 @needs_cuda
