@@ -3,6 +3,7 @@
 Parts (each figure is a ratio against a baseline measured in the same run):
 
 * ``train``: our PGD-10 training step vs the reference loop (images/s, ratio);
+* ``train_channels_last``: the same with ``--channels-last`` (opt-in on a CPU);
 * ``eval``: PGD-20 x 5 evaluation, ours vs the reference's test loop (images/s, ratio);
 * ``hessian``: ``bench/hessian_bench.py`` (owned elsewhere), run as a subprocess at a small size,
   the JSON it prints kept (its own ratios: batched Lanczos against per-example power iteration);
@@ -114,7 +115,7 @@ def summary_line(name: str, out: dict) -> str:
         return f"FAILED: {out['error']}"
     if "skipped" in out:
         return f"skipped: {out['skipped']}"
-    if name in ("train", "eval"):
+    if name in ("train", "train_channels_last", "eval"):
         o, r = out["ours"]["images_per_s"], out["reference"]["images_per_s"]
         return (f"ours {o['median']:.2f} img/s (spread {100 * o['spread']:.0f}%), reference "
                 f"{r['median']:.2f} img/s (spread {100 * r['spread']:.0f}%), "
@@ -143,6 +144,11 @@ def run_all(quick: bool = False, json_path: Path | None = None, synthetic: bool 
         images, labels, width=size["width"], batch_size=size["batch"],
         steps=size["train_steps"], repeats=size["train_repeats"],
         warmup_steps=size["warmup"]), json_path)
+    # the opt-in CPU fast path (off by default: a multi-threaded oneDNN crash, harness.train)
+    run_part(results, "train_channels_last", lambda: compare_train_throughput(
+        images, labels, width=size["width"], batch_size=size["batch"],
+        steps=size["train_steps"], repeats=size["train_repeats"],
+        warmup_steps=size["warmup"], channels_last=True), json_path)
     n_eval = size["eval_images"]
     run_part(results, "eval", lambda: compare_eval_throughput(
         images[:n_eval], labels[:n_eval], width=size["width"],

@@ -49,9 +49,9 @@ the supremum of f'' over the pieces (the Dirac mass of f'' at the kink is left o
    and ELU, are marked "approached as |x| -> inf"). For a user `--expr` this part is an
    assumption. If the best point sits at the window's edge and the tails are not bounded (e.g.
    `x**3`), the enclosure is reported as `[best, inf]`, not certified.
-5. The reported value is f'' at the reported argmax (attained; a rigorous lower bound of the
+4. The reported value is f'' at the reported argmax (attained; a rigorous lower bound of the
    maximum), within the tolerance of the maximum when certified.
-4. An exact closed form is printed when a simple candidate (0, a piece boundary, or sympy's
+5. An exact closed form is printed when a simple candidate (0, a piece boundary, or sympy's
    `nsimplify` of the numeric argmax) lies in the certified argmax boxes, makes f''' vanish
    structurally (sympy evaluates it to 0, not a small number), and its value lies in the
    certified enclosure. The certified enclosure, not the candidate, proves that it is the global

@@ -131,22 +131,60 @@ def test_attack_freezes_parameters_inside_and_restores_them():
     assert all(p.requires_grad for p in net.parameters())
 
 
+def _cuda_engine(graphs: bool, train_subset: int = 400):
+    cfg = TrainConfig.from_dict(dict(
+        dataset="digits", width=0.125, epochs=2, batch_size=32, train_subset=train_subset,
+        val_subset=20, test_subset=20, train_steps=3, eval_steps=1, lr=0.05, device="cuda",
+        precision="fp32", cuda_graphs=graphs))
+    device = torch.device("cuda")
+    data = load_run_data(cfg, device, channels_last=True)
+    return cfg, data, _build_engine(cfg, _model_config(cfg, data), device, None, True)
+
+
 @needs_cuda
-def test_cuda_graph_training_matches_eager_training_on_cuda(tmp_path):
-    """The captured step replays the eager step: fp32 (TF32 off), same data and starts; the
-    metrics of two epochs agree to float rounding (cuDNN may pick other algorithms inside a
-    capture, so bit equality is not promised)."""
+def test_cuda_graph_replay_computes_the_eager_step():
+    """Each replay of the captured robust step equals the eager step from the same state:
+    same losses, gradients and BatchNorm statistics (fp32, TF32 off). Checked on the replays
+    (calls 4 and 5), from the same model state for both."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cfg, data, engine = _cuda_engine(graphs=True)
+    step = TrainStep(engine)
+    graphed = GraphedStep(step.robust)
+    gen = _attack_generator(engine.device, 0, 0, STREAM_TRAIN_ATTACK)
+    for call, (x, y) in enumerate(data.train.epoch(0, 0)):
+        if call == 5:
+            break
+        starts = draw_starts(x, eps=engine.eps, norm="linf", generator=gen)
+        before = copy.deepcopy(engine.net.state_dict())
+        stats_g, *grads_g = [t.clone() for t in graphed(x, y, *starts)]
+        after_g = copy.deepcopy(engine.net.state_dict())
+        engine.net.load_state_dict(before)  # in place: the graph keeps its pointers
+        stats_e, *grads_e = step.robust(x, y, *starts)
+        if call < 3:
+            assert not graphed.captured
+            continue
+        assert graphed.captured
+        assert stats_g[0].item() == pytest.approx(stats_e[0].item(), rel=1e-3)
+        assert abs(stats_g[1].item() - stats_e[1].item()) <= 1
+        for g, e in zip(grads_g, grads_e, strict=True):
+            assert (g - e).norm() <= 1e-2 * e.norm() + 1e-6
+        for key, value in engine.net.state_dict().items():
+            if value.is_floating_point():
+                torch.testing.assert_close(after_g[key], value, rtol=1e-3, atol=1e-5)
+    assert graphed.stats()["replays"] == 2
+
+
+@needs_cuda
+def test_cuda_graph_training_follows_eager_training_on_cuda():
+    """Two epochs with graphs and without end at the same metrics up to the drift that
+    floating-point reordering (cuDNN algorithm choice, atomics) builds up over 26 SGD steps
+    (measured on an H200: 1.5e-3 relative on the loss)."""
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     rows = {}
     for graphs in (False, True):
-        cfg = TrainConfig.from_dict(dict(
-            dataset="digits", width=0.125, epochs=2, batch_size=32, train_subset=400,
-            val_subset=20, test_subset=20, train_steps=3, eval_steps=1, lr=0.05, device="cuda",
-            precision="fp32", cuda_graphs=graphs))
-        device = torch.device("cuda")
-        data = load_run_data(cfg, device, channels_last=True)
-        engine = _build_engine(cfg, _model_config(cfg, data), device, None, True)
+        cfg, data, engine = _cuda_engine(graphs)
         assert engine.cuda_graphs == graphs
         rows[graphs] = [train_one_epoch(engine, data.train, e) for e in range(2)]
         if graphs:
@@ -154,7 +192,7 @@ def test_cuda_graph_training_matches_eager_training_on_cuda(tmp_path):
             assert stats["captured"] and stats["replays"] >= 2 * 12 - 3 - 1
     for a, b in zip(rows[False], rows[True], strict=True):
         for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
+            assert a[key] == pytest.approx(b[key], rel=2e-2, abs=2e-2), key
 
 
 @needs_cuda
