@@ -127,7 +127,8 @@ def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float,
     if graph_cache is not None and perturb is None:
         from harness.graphs import GraphedStep
 
-        key = (id(model), eps, alpha, steps, restarts, norm, autocast_dtype, early_stop)
+        # the model itself (not its id) in the key: a cached graph keeps its model alive
+        key = (model, eps, alpha, steps, restarts, norm, autocast_dtype, early_stop)
         batch_stats = graph_cache.setdefault(key, GraphedStep(batch_stats))
 
     was_training = model.training

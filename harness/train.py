@@ -515,7 +515,7 @@ class TrainStep:
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self.params = [p for p in engine.net.parameters() if p.requires_grad]
+        self.params = list(engine.net.parameters())
 
     def robust(self, x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor):
         from harness.attacks import pgd
@@ -553,9 +553,7 @@ def uses_cuda_graphs(cfg: TrainConfig, device: torch.device, dist: DistContext =
     ``--compile`` the compiled kernels are captured too (torch.compile's default mode brings no
     graphs of its own).
     """
-    if cfg.cuda_graphs is False or device.type != "cuda" or dist.enabled:
-        return False
-    return True
+    return cfg.cuda_graphs is not False and device.type == "cuda" and not dist.enabled
 
 
 def train_one_epoch(engine: Engine, batches, epoch: int,
@@ -575,7 +573,6 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
     count = 0
     lr = cfg.lr
     engine.forward.train()
-    params = [p for p in engine.net.parameters() if p.requires_grad]
     for i, (x, y) in enumerate(batches.epoch(epoch, cfg.seed, augment=cfg.augment)):
         lr = piecewise_lr(epoch + (i + 1) / n_batches, cfg)
         for group in engine.optimizer.param_groups:
@@ -584,7 +581,7 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
                              generator=generator,
                              rows_of_batch=engine.dist.rows_of_batch(y.shape[0]))
         robust_stats, *grads = robust(x, y, *starts)
-        for p, g in zip(params, grads, strict=True):
+        for p, g in zip(engine.net.parameters(), grads, strict=True):
             p.grad = g  # a replay writes the captured gradient tensors: point .grad at them
         engine.optimizer.step()
         clean_stats = clean(x, y)
@@ -706,7 +703,8 @@ def _checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dic
 
 def _allow_recompiles(limit: int = 64) -> None:
     """One compiled graph per (train/eval mode, gradients or not, batch shape): a run needs ~10,
-    more than torch._dynamo's default limit of 8, past which it silently falls back to eager."""
+    more than torch._dynamo's default limit of 8, past which it falls back to eager (with a
+    warning)."""
     import torch._dynamo
 
     for name in ("recompile_limit", "cache_size_limit"):
