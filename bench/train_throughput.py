@@ -222,7 +222,7 @@ def compare_train_throughput(images: torch.Tensor, labels, *, device: str = "cpu
                              width: float = 0.25, batch_size: int = 128, steps: int = 8,
                              repeats: int = 3, warmup_steps: int = 2, precision: str = "auto",
                              channels_last: bool | None = None,
-                             num_workers: int = 2) -> dict[str, Any]:
+                             num_workers: int = 2, compile: bool = False) -> dict[str, Any]:
     """Ours and the reference on the same images; ``ratio`` = ours / reference images/s.
 
     The repeats alternate (reference chunk, our chunk, reference chunk, ...), so a change of
@@ -233,7 +233,7 @@ def compare_train_throughput(images: torch.Tensor, labels, *, device: str = "cpu
               "warmup_steps": warmup_steps}
     ref = ReferenceTrainSession(images, labels, num_workers=num_workers, **common)
     ours = OursTrainSession(images, labels, precision=precision, channels_last=channels_last,
-                            **common)
+                            compile=compile, **common)
     ref_seconds, our_seconds = [], []
     for _ in range(repeats):
         ref_seconds.append(ref.time_chunk())
