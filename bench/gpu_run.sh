@@ -4,6 +4,8 @@
 # limit so that one slow part cannot take the others with it.
 #
 #   bash bench/gpu_run.sh                                  # tests, cifar, speed, hessian
+#   SECTIONS=speed SPEED_PARTS=env,flops,ours_epoch,profile bash bench/gpu_run.sh
+#                                                          # where the step's GPU time goes
 #   SECTIONS=tests,cifar,speed,compile SPEED_PARTS=env,flops,ours_epoch,equality \
 #       bash bench/gpu_run.sh
 #

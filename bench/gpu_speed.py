@@ -305,6 +305,46 @@ def reference_part(device, sizes: Sizes, images, labels) -> dict[str, Any]:
     return out
 
 
+def profile_part(device, sizes: Sizes, images, labels, steps: int = 3,
+                 top: int = 25) -> dict[str, Any]:
+    """Where a training step's device time goes: ``torch.profiler`` over ``steps`` eager steps
+    (bf16, channels_last; CUDA graphs off so that every kernel is seen), the ``top`` CUDA kernels
+    by device time (on a CPU: operators by self CPU time), and the shares of convolution and
+    BatchNorm kernels (matched by name)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from harness.train import train_one_epoch
+
+    engine, cl = _engine(device, sizes, cuda_graphs=False)
+    warm = _batches(images[: 2 * sizes.batch], labels[: 2 * sizes.batch], device, sizes.batch, cl)
+    train_one_epoch(engine, warm, 0)
+    timed = _batches(images[: steps * sizes.batch], labels[: steps * sizes.batch], device,
+                     sizes.batch, cl)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        train_one_epoch(engine, timed, 1)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    if cuda:  # the kernels themselves: an operator's self device time repeats its kernels'
+        from torch.autograd import DeviceType
+
+        events = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    total = sum(getattr(e, key) for e in events) or 1.0
+
+    def share(words: tuple[str, ...]) -> float:
+        return sum(getattr(e, key) for e in events
+                   if any(w in e.key.lower() for w in words)) / total
+
+    return {"steps": steps, "clock": key, "total_ms_per_step": total / 1e3 / steps,
+            "share_convolution": share(("conv", "gemm", "cudnn")),
+            "share_batchnorm": share(("batch_norm", "batchnorm", "bn_")),
+            "top": [{"op": e.key[:120], "ms_per_step": getattr(e, key) / 1e3 / steps,
+                     "share": getattr(e, key) / total, "calls_per_step": e.count / steps}
+                    for e in events[:top]]}
+
+
 def ours_fp32_part(device, sizes: Sizes, images, labels) -> dict[str, Any]:
     """Our step in fp32 (no autocast; channels_last as on CUDA), partial epoch extrapolated."""
     from bench.train_throughput import ours_train_throughput
@@ -459,7 +499,7 @@ def compile_part(device, sizes: Sizes, images, labels, results: Results) -> dict
 
 
 PARTS = ("env", "flops", "ours_epoch", "ours_eager", "ours_cudnn_benchmark", "reference",
-         "ours_fp32", "eval", "equality", "compile")
+         "ours_fp32", "eval", "equality", "compile", "profile")
 
 
 def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
@@ -492,6 +532,7 @@ def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
         ("eval", 40, lambda: eval_part(device, sizes, images, labels, budget)),
         ("equality", 60, lambda: equality_part(device, sizes, budget, npz, tiny, data_spec)),
         ("compile", 150, lambda: compile_part(device, sizes, images, labels, results)),
+        ("profile", 20, lambda: profile_part(device, sizes, images, labels)),
     ]
     for name, needed, fn in plan:
         if parts is not None and name not in parts:
@@ -593,6 +634,11 @@ def table(results: Results) -> str:
             if d is not None and s is not None:
                 lines.append(f"  {key}: |fp32-bf16| {100 * d:.1f} pts, seed spread "
                              f"{100 * s:.1f} pts, within: {eq.get(f'{key}_within_spread')}")
+    prof = p.get("profile", {})
+    if prof.get("top"):
+        lines.append(f"profile (eager step): {prof['total_ms_per_step']:.1f} ms per step, "
+                     f"convolutions {100 * prof['share_convolution']:.0f}%, BatchNorm "
+                     f"{100 * prof['share_batchnorm']:.0f}%; top: {prof['top'][0]['op'][:50]}")
     comp = get("compile", "compile_and_warmup_seconds")
     if comp:
         lines.append(f"torch.compile: compile + warm-up {comp:.1f} s")

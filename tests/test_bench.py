@@ -138,3 +138,17 @@ def test_equality_verdict_compares_precision_gap_with_seed_spread():
     assert verdict["test_clean_acc_within_spread"] is True
     assert verdict["test_robust_acc_within_spread"] is False
     assert verdict["test_robust_acc_fp32_vs_bf16"] == pytest.approx(0.10)
+
+
+def test_gpu_speed_profile_part_accounts_for_the_step_time(images):
+    """The profile part lists operators by time; conv + BatchNorm shares are fractions and the
+    top entries are the convolution kernels a PreActResNet step is made of."""
+    sizes = gpu_speed.Sizes.tiny()
+    x, y, _ = images
+    out = gpu_speed.profile_part(torch.device("cpu"), sizes, x, y, steps=2, top=5)
+    assert out["total_ms_per_step"] > 0 and len(out["top"]) == 5
+    assert 0 < out["share_convolution"] < 1 and 0 < out["share_batchnorm"] < 1
+    assert any("conv" in t["op"] for t in out["top"][:3])
+    results = gpu_speed.Results(Path("/nonexistent/never_written.json"))
+    results.data["parts"]["profile"] = out
+    assert "profile (eager step)" in gpu_speed.table(results)
