@@ -8,6 +8,8 @@
 #                                                          # where the step's GPU time goes
 #   SECTIONS=tests,cifar,speed,compile SPEED_PARTS=env,flops,ours_epoch,equality \
 #       bash bench/gpu_run.sh
+#   SECTIONS=tests,speed,compile SPEED_PARTS=env,flops,ours_epoch,ours_nchw,profile \
+#       COMPILE_PARTS=env,flops,compile_max_autotune COMPILE_UNTIL_S=560 bash bench/gpu_run.sh
 #
 # Data: the CIFAR-10 JPEG copy, from bench_data/cifar10-jpg.tar.gz when it travels with the call
 #   (tar czf bench_data/cifar10-jpg.tar.gz -C ../shared/data cifar10-jpg   # ~20 MB)
@@ -21,6 +23,7 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 SECTIONS=",${SECTIONS:-tests,cifar,speed,hessian},"
 SPEED_PARTS="${SPEED_PARTS:-}"
+COMPILE_PARTS="${COMPILE_PARTS:-env,flops,compile}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 started=$(date +%s)
@@ -78,11 +81,11 @@ if want hessian; then
 fi
 
 if want compile; then
-    left=$(( 500 - $(elapsed) ))
+    left=$(( ${COMPILE_UNTIL_S:-500} - $(elapsed) ))
     echo "[gpu_run] $(elapsed) s: torch.compile + CUDA graphs (limit ${left} s)"
     mkdir -p "$OUT/compile"
     timeout -k 10 "$left" "$PY" -m bench.gpu_speed --budget-s $(( left - 15 )) --compile \
-        --parts env,flops,compile --out "$OUT/compile" > "$OUT/compile/gpu_speed.log" 2>&1
+        --parts "$COMPILE_PARTS" --out "$OUT/compile" > "$OUT/compile/gpu_speed.log" 2>&1
     tail -5 "$OUT/compile/gpu_speed.log"
     "$PY" -m bench.gpu_speed --table-only "$OUT/compile/gpu_speed.json" | grep -i "compile"
 fi

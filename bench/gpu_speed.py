@@ -26,7 +26,13 @@ short table is printed at the end:
 7. ``equality``: short real training runs (``harness.train.run_training``), fp32 and bf16 with
    the same seed, and a second seed of each for the run-to-run spread; clean and robust test
    accuracy compared;
-8. ``compile``: our step under ``torch.compile`` (compile time reported separately).
+8. ``compile``: our step under ``torch.compile`` inside the CUDA graphs (compile time reported
+   separately); ``compile_max_autotune``: the same with ``--compile-mode
+   max-autotune-no-cudagraphs`` (Inductor times Triton kernel candidates against cuDNN);
+9. variants of 3., one epoch each: ``ours_eager`` (no CUDA graphs), ``ours_cudnn_benchmark``,
+   ``ours_nchw`` (bf16 without channels_last);
+10. ``profile``: the step's kernels by device time (torch.profiler), with the shares of
+   convolutions and BatchNorm.
 
 The GPU machine has no dataset: timing parts use synthetic uniform uint8 images (the same
 arithmetic per image as CIFAR-10); the equality runs use scikit-learn's digits (offline), or a
@@ -180,12 +186,13 @@ def env_part(device: torch.device, sizes: Sizes) -> dict[str, Any]:
     return out
 
 
-def _engine(device, sizes: Sizes, precision: str = "auto", compile: bool = False,
-            cuda_graphs: bool | None = None):
+def _engine(device, sizes: Sizes, precision: str = "auto", compile: bool | str = False,
+            cuda_graphs: bool | None = None, channels_last: bool | None = None):
     from bench.train_throughput import build_engine
 
     return build_engine(device=device, width=sizes.width, batch_size=sizes.batch,
-                        precision=precision, compile=compile, cuda_graphs=cuda_graphs)
+                        precision=precision, compile=compile, cuda_graphs=cuda_graphs,
+                        channels_last=channels_last)
 
 
 def _batches(images, labels, device, batch: int, channels_last: bool):
@@ -246,10 +253,11 @@ def _warmup_batches(images, labels, device, sizes: Sizes, cl: bool):
 
 
 def ours_epoch_part(device, sizes: Sizes, images, labels, results: Results,
-                    precision: str = "auto", compile: bool = False,
-                    cuda_graphs: bool | None = None) -> dict[str, Any]:
+                    precision: str = "auto", compile: bool | str = False,
+                    cuda_graphs: bool | None = None,
+                    channels_last: bool | None = None) -> dict[str, Any]:
     """Seconds per full training epoch of ours (median over ``ours_epochs``) and FLOP/s."""
-    engine, cl = _engine(device, sizes, precision, compile, cuda_graphs)
+    engine, cl = _engine(device, sizes, precision, compile, cuda_graphs, channels_last)
     full = _batches(images, labels, device, sizes.batch, cl)
     warm = _warmup_batches(images, labels, device, sizes, cl)
     with Stopwatch(device) as warm_watch:
@@ -474,7 +482,8 @@ def _equality_verdict(runs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def compile_part(device, sizes: Sizes, images, labels, results: Results) -> dict[str, Any]:
+def compile_part(device, sizes: Sizes, images, labels, results: Results,
+                 mode: str = "default") -> dict[str, Any]:
     """Our step under torch.compile (inside the CUDA graphs): compile time, seconds per epoch.
 
     Timed on whole batches only (351 x 128 = 44,928 images, scaled to 45,000), so that the
@@ -484,7 +493,8 @@ def compile_part(device, sizes: Sizes, images, labels, results: Results) -> dict
     whole = sizes.train_images - sizes.train_images % sizes.batch
     sizes_one = Sizes(**{**sizes.__dict__, "ours_epochs": 1, "train_images": whole})
     out = ours_epoch_part(device, sizes_one, images[:whole], labels[:whole], results,
-                          compile=True)
+                          compile=mode)
+    out["compile_mode"] = mode
     out["compile_and_warmup_seconds"] = out.pop("warmup_seconds")
     scale = sizes.train_images / whole
     timed = out["seconds_per_epoch"]["median"]
@@ -498,8 +508,9 @@ def compile_part(device, sizes: Sizes, images, labels, results: Results) -> dict
 # --- the run ---------------------------------------------------------------------------------
 
 
-PARTS = ("env", "flops", "ours_epoch", "ours_eager", "ours_cudnn_benchmark", "reference",
-         "ours_fp32", "eval", "equality", "compile", "profile")
+PARTS = ("env", "flops", "ours_epoch", "ours_eager", "ours_cudnn_benchmark", "ours_nchw",
+         "reference", "ours_fp32", "eval", "equality", "compile", "compile_max_autotune",
+         "profile")
 
 
 def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
@@ -527,20 +538,24 @@ def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
                                                    cuda_graphs=False)),
         ("ours_cudnn_benchmark", 20, lambda: _with_cudnn_benchmark(
             lambda: ours_epoch_part(device, one, images, labels, results))),
+        ("ours_nchw", 20, lambda: ours_epoch_part(device, one, images, labels, results,
+                                                  channels_last=False)),
         ("reference", 60, lambda: reference_part(device, sizes, images, labels)),
         ("ours_fp32", 20, lambda: ours_fp32_part(device, sizes, images, labels)),
         ("eval", 40, lambda: eval_part(device, sizes, images, labels, budget)),
         ("equality", 60, lambda: equality_part(device, sizes, budget, npz, tiny, data_spec)),
         ("compile", 150, lambda: compile_part(device, sizes, images, labels, results)),
+        ("compile_max_autotune", 240, lambda: compile_part(
+            device, sizes, images, labels, results, mode="max-autotune-no-cudagraphs")),
         ("profile", 20, lambda: profile_part(device, sizes, images, labels)),
     ]
     for name, needed, fn in plan:
         if parts is not None and name not in parts:
             continue
-        if name in ("ours_eager", "ours_cudnn_benchmark") and not cuda:
+        if name in ("ours_eager", "ours_cudnn_benchmark", "ours_nchw") and not cuda:
             continue
-        if name == "compile" and not compile:
-            results.data["parts"]["compile"] = {"skipped": "off (default off on CPU; --compile)"}
+        if name.startswith("compile") and not compile:
+            results.data["parts"][name] = {"skipped": "off (default off on CPU; --compile)"}
             results.write()
             continue
         results.run(name, needed * scale, budget, fn)
@@ -587,7 +602,10 @@ def table(results: Results) -> str:
             ("ours fp32 [extrapolated]", "ours_fp32", ("seconds_per_epoch_extrapolated",)),
             ("reference fp32 [extrapolated]", "reference",
              ("seconds_per_epoch_extrapolated",)),
-            ("ours torch.compile", "compile", ("seconds_per_epoch", "median"))]
+            ("ours torch.compile", "compile", ("seconds_per_epoch", "median")),
+            ("ours torch.compile max-autotune", "compile_max_autotune",
+             ("seconds_per_epoch", "median")),
+            ("ours NCHW (not channels_last)", "ours_nchw", ("seconds_per_epoch", "median"))]
     lines.append(f"{'training epoch, 45k images, PGD-10':<40}{'s/epoch':>10}{'vs ref':>9}"
                  f"{'of peak':>9}")
     ref = get("reference", "seconds_per_epoch_extrapolated")

@@ -2,9 +2,12 @@
 
 Parts (each figure is a ratio against a baseline measured in the same run):
 
-* ``train``: our PGD-10 training step vs the reference loop (images/s, ratio);
-* ``train_channels_last``: the same with ``--channels-last`` (opt-in on a CPU);
-* ``eval``: PGD-20 x 5 evaluation, ours vs the reference's test loop (images/s, ratio);
+* ``train``: our PGD-10 training step with ``harness train``'s defaults vs the reference loop
+  (images/s, ratio); on a CPU with bf16 units (AVX512-BF16, AMX) the default is bf16 autocast;
+* ``train_fp32``: the same with ``--precision fp32`` (the reference's precision);
+* ``train_channels_last``: the defaults plus ``--channels-last`` (opt-in on a CPU);
+* ``eval``: PGD-20 x 5 evaluation, ours (fp32, the ``harness eval`` default) vs the reference's
+  test loop (images/s, ratio); ``eval_bf16``: ours with ``--precision bf16``;
 * ``hessian``: ``bench/hessian_bench.py`` (owned elsewhere), run as a subprocess at a small size,
   the JSON it prints kept (its own ratios: batched Lanczos against per-example power iteration);
 * ``cold_start``: ``curvtools curvature --act mish`` vs ``python -c "import torch"``.
@@ -115,7 +118,7 @@ def summary_line(name: str, out: dict) -> str:
         return f"FAILED: {out['error']}"
     if "skipped" in out:
         return f"skipped: {out['skipped']}"
-    if name in ("train", "train_channels_last", "eval"):
+    if name.startswith(("train", "eval")):
         o, r = out["ours"]["images_per_s"], out["reference"]["images_per_s"]
         return (f"ours {o['median']:.2f} img/s (spread {100 * o['spread']:.0f}%), reference "
                 f"{r['median']:.2f} img/s (spread {100 * r['spread']:.0f}%), "
@@ -140,19 +143,20 @@ def run_all(quick: bool = False, json_path: Path | None = None, synthetic: bool 
     n_train = (size["warmup"] + size["train_steps"] * size["train_repeats"]) * size["batch"]
     images, labels, source = bench_images(max(n_train, size["eval_images"]), synthetic=synthetic)
     results["data"] = source
-    run_part(results, "train", lambda: compare_train_throughput(
-        images, labels, width=size["width"], batch_size=size["batch"],
-        steps=size["train_steps"], repeats=size["train_repeats"],
-        warmup_steps=size["warmup"]), json_path)
+    train = {"width": size["width"], "batch_size": size["batch"], "steps": size["train_steps"],
+             "repeats": size["train_repeats"], "warmup_steps": size["warmup"]}
+    run_part(results, "train", lambda: compare_train_throughput(images, labels, **train),
+             json_path)
+    run_part(results, "train_fp32", lambda: compare_train_throughput(
+        images, labels, precision="fp32", **train), json_path)
     # the opt-in CPU fast path (off by default: a multi-threaded oneDNN crash, harness.train)
     run_part(results, "train_channels_last", lambda: compare_train_throughput(
-        images, labels, width=size["width"], batch_size=size["batch"],
-        steps=size["train_steps"], repeats=size["train_repeats"],
-        warmup_steps=size["warmup"], channels_last=True), json_path)
+        images, labels, channels_last=True, **train), json_path)
     n_eval = size["eval_images"]
-    run_part(results, "eval", lambda: compare_eval_throughput(
-        images[:n_eval], labels[:n_eval], width=size["width"],
-        repeats=size["eval_repeats"]), json_path)
+    for name, precision in (("eval", "fp32"), ("eval_bf16", "bf16")):
+        run_part(results, name, lambda p=precision: compare_eval_throughput(
+            images[:n_eval], labels[:n_eval], width=size["width"],
+            repeats=size["eval_repeats"], precision=p), json_path)
     run_part(results, "cold_start", lambda: cold_start(size["cold_repeats"]), json_path)
     run_part(results, "hessian", lambda: hessian_part(quick, threads), json_path)
     return results

@@ -63,12 +63,14 @@ def _cifar_model_config(width: float, act: str = "relu") -> dict[str, Any]:
 
 def build_engine(*, device: str | torch.device, width: float, batch_size: int = 128,
                  precision: str = "auto", channels_last: bool | None = None,
-                 compile: bool = False, attack_steps: int = 10, act: str = "relu",
+                 compile: bool | str = False, attack_steps: int = 10, act: str = "relu",
                  seed: int = 0, cuda_graphs: bool | None = None):
     """The ``harness.train.Engine`` that ``harness train`` would build for these settings.
 
-    Returns (engine, channels_last actually used). Uses ``TrainConfig`` (validated) and
-    ``harness.train._build_engine``, so it follows every default of the real command.
+    ``compile``: False, True (torch.compile's default mode) or a ``harness train
+    --compile-mode``. Returns (engine, channels_last actually used). Uses ``TrainConfig``
+    (validated) and ``harness.train._build_engine``, so it follows every default of the real
+    command.
     """
     from harness.train import (
         TrainConfig,
@@ -80,7 +82,9 @@ def build_engine(*, device: str | torch.device, width: float, batch_size: int = 
 
     cfg = TrainConfig.from_dict({
         "dataset": "cifar10", "width": width, "batch_size": batch_size, "precision": precision,
-        "channels_last": channels_last, "compile": compile, "train_steps": attack_steps,
+        "channels_last": channels_last, "compile": bool(compile),
+        "compile_mode": compile if isinstance(compile, str) else "default",
+        "train_steps": attack_steps,
         "act": act, "seed": seed, "device": str(device), "download": False,
         "cuda_graphs": cuda_graphs})
     dev = resolve_device(cfg.device)

@@ -131,13 +131,17 @@ def train_command(
                                                 "train (authors' code) or eval.")] = "train",
     seed: Annotated[int, typer.Option(help="Seed of init, data order and attack starts.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA, fp32 on CPU), "
-                                                "fp32 or bf16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA and on CPUs with "
+                                                "bf16 units, else fp32), fp32 or bf16.")] = "auto",
     channels_last: Annotated[bool | None, typer.Option(
         "--channels-last/--no-channels-last",
         help="channels_last memory format (default: on for CUDA, off on CPU).")
     ] = None,
     compile: Annotated[bool, typer.Option(help="torch.compile the model.")] = False,
+    compile_mode: Annotated[str, typer.Option(help="torch.compile mode with --compile: default "
+                                                   "or max-autotune-no-cudagraphs (tunes "
+                                                   "kernels; minutes of compiling).")
+                            ] = "default",
     cuda_graphs: Annotated[bool | None, typer.Option(
         "--cuda-graphs/--no-cuda-graphs", help="Replay each training step from a CUDA graph "
                                                "(default: on for CUDA).")] = None,

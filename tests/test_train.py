@@ -13,6 +13,7 @@ from harness.checkpoint import load_checkpoint
 from harness.train import (
     TrainConfig,
     TrainingDiverged,
+    cpu_has_native_bf16,
     load_run_data,
     piecewise_lr,
     read_metrics,
@@ -59,13 +60,55 @@ def test_lr_schedule_matches_rice_piecewise_rule_at_every_iteration():
     ("act", "swishy"), ("beta", -1.0), ("val_fraction", 1.5), ("lr", 0.0),
     ("lr_milestones", [150, 100]), ("precision", "fp8"), ("attack_bn", "frozen"),
     ("norm", "l1"), ("epochs", 0), ("device", "tpu:9"), ("width", 0.0), ("batch_size", 1),
-    ("not_a_setting", 3),
+    ("compile_mode", "reduce-overhead"), ("not_a_setting", 3),
 ])
 def test_from_dict_rejects_bad_values_with_one_line_bad_input(field, value):
     d = {"act": "pswish"} if field == "beta" else {}
     with pytest.raises(BadInput) as err:
         TrainConfig.from_dict(d | {field: value})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_where_the_hardware_has_bf16_units(monkeypatch, native):
+    import harness.train as train
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert train.autocast_dtype_for("auto", cpu) == (torch.bfloat16 if native else None)
+    assert train.autocast_dtype_for("fp32", cpu) is None
+    assert train.autocast_dtype_for("bf16", cpu) == torch.bfloat16
+    # CUDA: bf16 for auto whatever the CPU has (no device needed to decide)
+    assert train.autocast_dtype_for("auto", torch.device("cuda")) == torch.bfloat16
+    assert train.autocast_dtype_for("fp32", torch.device("cuda")) is None
+
+
+def test_native_bf16_probe_follows_torch_cpu_capabilities(monkeypatch):
+    import harness.train as train
+
+    for avx512_bf16, amx, expected in ((True, False, True), (False, True, True),
+                                       (False, False, False)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert train.cpu_has_native_bf16() is expected
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # an older or other build
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert train.cpu_has_native_bf16() is False
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    import harness.train as train
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: seen.append(mode) or module)
+    cfg = _digits_cfg(compile=True, compile_mode="max-autotune-no-cudagraphs")
+    config = {"arch": "preactresnet18", "act": {"name": "relu"}, "num_classes": 10,
+              "in_channels": 1, "width": 0.0625, "mean": [0.0], "std": [1.0]}
+    train._build_engine(cfg, config, torch.device("cpu"), None, False)
+    assert seen == ["max-autotune-no-cudagraphs"]
+    seen.clear()
+    train._build_engine(_digits_cfg(compile=True), config, torch.device("cpu"), None, False)
+    assert seen == [None]  # torch.compile's own default mode
 
 
 def test_config_round_trips_through_dict():
@@ -105,7 +148,8 @@ def test_run_directory_has_config_metrics_checkpoints_and_done(straight_run):
                      "metrics.jsonl"]
     record = json.loads((out / "config.json").read_text())
     assert record["train_config"]["act"] == "relu" and record["train_config"]["epochs"] == 3
-    assert record["resolved"]["device"] == "cpu" and record["resolved"]["precision"] == "fp32"
+    assert record["resolved"]["device"] == "cpu"
+    assert record["resolved"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert len(record["data"]["val_indices_sha256"]) == 64
     assert {"torch", "python", "lowcurv"} <= set(record["versions"])
     expected = {"epoch", "lr", "train_seconds", "eval_seconds"} | {
