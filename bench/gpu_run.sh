@@ -10,6 +10,7 @@
 #       bash bench/gpu_run.sh
 #   SECTIONS=tests,speed,compile SPEED_PARTS=env,flops,ours_epoch,ours_nchw,profile \
 #       COMPILE_PARTS=env,flops,compile_max_autotune COMPILE_UNTIL_S=560 bash bench/gpu_run.sh
+#   SECTIONS=cifar CIFAR_ARGS=--compile bash bench/gpu_run.sh   # extra harness train options
 #
 # Data: the CIFAR-10 JPEG copy, from bench_data/cifar10-jpg.tar.gz when it travels with the call
 #   (tar czf bench_data/cifar10-jpg.tar.gz -C ../shared/data cifar10-jpg   # ~20 MB)
@@ -54,8 +55,9 @@ fi
 
 if want cifar && [ -n "$DATA" ]; then
     echo "[gpu_run] $(elapsed) s: harness train on CIFAR-10 (45k/5k/10k), 2 epochs"
-    timeout -k 5 170 "$PY" -c "from harness.cli import main; main()" train \
-        --dataset "imagefolder:$DATA" --epochs 2 --out "$OUT/cifar_run" --no-progress 2>&1 \
+    timeout -k 5 "${CIFAR_LIMIT_S:-170}" "$PY" -c "from harness.cli import main; main()" train \
+        --dataset "imagefolder:$DATA" --epochs 2 --out "$OUT/cifar_run" --no-progress \
+        ${CIFAR_ARGS:-} 2>&1 \
         | tail -6
 fi
 
