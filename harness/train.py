@@ -297,8 +297,8 @@ def resolve_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic units (x86 AVX512-BF16 or AMX).
 
-    oneDNN then runs bf16 convolutions natively (measured: our training step 2.85x the fp32
-    reference on an AMD EPYC with AVX512-BF16, against 1.36x in fp32; docs/benchmarks.md).
+    oneDNN then runs bf16 convolutions natively (measured: our training step 2.71x the fp32
+    reference on an AMD EPYC with AVX512-BF16, against 1.39x in fp32; docs/benchmarks.md).
     Without them bf16 is emulated and no faster than fp32.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -697,12 +697,16 @@ def _model_config(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
             "mean": list(data.mean), "std": list(data.std)}
 
 
+def _precision_name(amp: torch.dtype | None) -> str:
+    return "bf16" if amp is not None else "fp32"
+
+
 def _run_record(cfg: TrainConfig, data: RunData, model_config: dict, device: torch.device,
                 amp: torch.dtype | None, channels_last: bool) -> dict[str, Any]:
     return {
         "train_config": cfg.to_dict(),
         "resolved": {"device": str(device), "device_name": _device_name(device),
-                     "precision": "bf16" if amp is not None else "fp32",
+                     "precision": _precision_name(amp),
                      "channels_last": channels_last, "compile": cfg.compile,
                      "compile_mode": cfg.compile_mode if cfg.compile else None,
                      "lr_milestones": cfg.milestones(), "eps": cfg.eps_255 / 255.0,
@@ -718,10 +722,11 @@ def _run_record(cfg: TrainConfig, data: RunData, model_config: dict, device: tor
 
 
 def _checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dict,
-                        best: float) -> dict[str, Any]:
+                        best: float, precision_changes: list) -> dict[str, Any]:
     cfg = engine.cfg
     return {"model": engine.net.state_dict(), "config": model_config,
             "train_config": cfg.to_dict(), "epoch": epoch, "metrics": row,
+            "precision": _precision_name(engine.amp), "precision_changes": precision_changes,
             "optimizer": engine.optimizer.state_dict(),
             "scheduler": {"kind": "piecewise", "milestones": cfg.milestones(),
                           "gamma": cfg.lr_gamma, "lr": cfg.lr, "epochs_done": epoch},
@@ -821,6 +826,16 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     record = _run_record(cfg, data, model_config, device, amp, channels_last)
     record["resolved"]["world_size"] = dist.world_size
     record["resolved"]["cuda_graphs"] = engine.cuda_graphs
+    # "auto" precision follows the hardware, which may differ on resume: keep the history
+    precision = record["resolved"]["precision"]
+    precision_before = ckpt.get("precision") if ckpt is not None else None
+    precision_changes = list(ckpt.get("precision_changes", [])) if ckpt is not None else []
+    switched = precision_before not in (None, precision)
+    if switched:
+        precision_changes.append({"epoch": start_epoch, "from": precision_before,
+                                  "to": precision})
+    if precision_changes:
+        record["resolved"]["precision_changes"] = precision_changes
     write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
     metrics_path = out_dir / "metrics.jsonl"
     rows = [r for r in read_metrics(metrics_path) if int(r.get("epoch", 0)) <= start_epoch]
@@ -834,6 +849,9 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                          len(data.val) if hasattr(data.val, "__len__") else 0,
                          len(data.test) if hasattr(data.test, "__len__") else 0)
     with reporter:
+        if switched:
+            reporter.line(f"note: epochs 1-{start_epoch} ran in {precision_before}; resumed in "
+                          f"{precision} (--precision {cfg.precision} on {device})")
         for epoch in range(start_epoch, cfg.epochs):
             row = _run_epoch(engine, data, epoch, reporter)
             if not all(math.isfinite(row[k]) for k in ("train_robust_loss", "train_clean_loss")):
@@ -848,7 +866,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
             append_metrics(metrics_path, row)
             rows.append(row)
             payload = _checkpoint_payload(engine, model_config, epoch + 1, row,
-                                          max(best, row["val_robust_acc"]))
+                                          max(best, row["val_robust_acc"]), precision_changes)
             if row["val_robust_acc"] > best:
                 best = row["val_robust_acc"]
                 save(out_dir / "best.pt", payload)

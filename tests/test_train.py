@@ -228,3 +228,32 @@ def test_tiny_cifar10_jpeg_run_beats_chance_under_attack(cifar10_jpg, tmp_path):
     print("tiny cifar10-jpg run:", {k: round(v, 3) for k, v in last.items()})
     assert last["test_robust_acc"] > 0.13
     assert last["test_clean_acc"] >= last["test_robust_acc"]
+
+
+def test_resume_says_when_auto_precision_resolves_differently(tmp_path, monkeypatch):
+    import harness.train as train
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    run_training(_digits_cfg(epochs=1), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / "last.pt")["precision"] == "fp32"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)  # e.g. another node
+    lines = []
+    run_training(_digits_cfg(epochs=2), tmp_path, resume=True, progress=False, log=lines.append)
+    change = [{"epoch": 1, "from": "fp32", "to": "bf16"}]
+    resolved = json.loads((tmp_path / "config.json").read_text())["resolved"]
+    assert resolved["precision"] == "bf16" and resolved["precision_changes"] == change
+    assert any(line.startswith("note: epochs 1-1 ran in fp32; resumed in bf16") for line in lines)
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["precision"] == "bf16" and ckpt["precision_changes"] == change
+    # resumed again in the same precision: no new note, the history is kept
+    lines.clear()
+    run_training(_digits_cfg(epochs=3), tmp_path, resume=True, progress=False, log=lines.append)
+    resolved = json.loads((tmp_path / "config.json").read_text())["resolved"]
+    assert resolved["precision_changes"] == change
+    assert not any(line.startswith("note:") for line in lines)
+
+
+def test_a_run_in_one_precision_records_no_precision_changes(straight_run):
+    out, _ = straight_run
+    assert "precision_changes" not in json.loads((out / "config.json").read_text())["resolved"]
+    assert load_checkpoint(out / "last.pt")["precision_changes"] == []
