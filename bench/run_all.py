@@ -6,6 +6,8 @@ Parts (each figure is a ratio against a baseline measured in the same run):
   (images/s, ratio); on a CPU with bf16 units (AVX512-BF16, AMX) the default is bf16 autocast;
 * ``train_fp32``: the same with ``--precision fp32`` (the reference's precision);
 * ``train_channels_last``: the defaults plus ``--channels-last`` (opt-in on a CPU);
+* ``train_fold``: our step with the attack's restart-selection forward folded into the robust
+  forward (the default) vs running it separately (the reference's order), alternating;
 * ``eval``: PGD-20 x 5 evaluation, ours (fp32, the ``harness eval`` default) vs the reference's
   test loop (images/s, ratio); ``eval_bf16``: ours with ``--precision bf16``;
 * ``hessian``: ``bench/hessian_bench.py`` (owned elsewhere), run as a subprocess at a small size,
@@ -118,6 +120,10 @@ def summary_line(name: str, out: dict) -> str:
         return f"FAILED: {out['error']}"
     if "skipped" in out:
         return f"skipped: {out['skipped']}"
+    if name == "train_fold":
+        f, u = out["folded"]["images_per_s"], out["unfolded"]["images_per_s"]
+        return (f"folded {f['median']:.2f} img/s, unfolded {u['median']:.2f} img/s, "
+                f"ratio {out['ratio']:.3f}x")
     if name.startswith(("train", "eval")):
         o, r = out["ours"]["images_per_s"], out["reference"]["images_per_s"]
         return (f"ours {o['median']:.2f} img/s (spread {100 * o['spread']:.0f}%), reference "
@@ -135,7 +141,11 @@ def run_all(quick: bool = False, json_path: Path | None = None, synthetic: bool 
     """Run all parts at the ``quick`` or ``full`` size; returns (and writes) the results."""
     from bench.cold_start import cold_start
     from bench.eval_throughput import compare_eval_throughput
-    from bench.train_throughput import bench_images, compare_train_throughput
+    from bench.train_throughput import (
+        bench_images,
+        compare_selection_fold,
+        compare_train_throughput,
+    )
 
     size = SIZES["quick" if quick else "full"]
     results: dict[str, Any] = {"size": "quick" if quick else "full", "settings": size,
@@ -152,6 +162,10 @@ def run_all(quick: bool = False, json_path: Path | None = None, synthetic: bool 
     # the opt-in CPU fast path (off by default: a multi-threaded oneDNN crash, harness.train)
     run_part(results, "train_channels_last", lambda: compare_train_throughput(
         images, labels, channels_last=True, **train), json_path)
+    run_part(results, "train_fold", lambda: compare_selection_fold(
+        images, labels, width=size["width"], batch_size=size["batch"],
+        steps=max(1, size["train_steps"] // 2), repeats=size["train_repeats"] + 1,
+        warmup_steps=size["warmup"]), json_path)
     n_eval = size["eval_images"]
     for name, precision in (("eval", "fp32"), ("eval_bf16", "bf16")):
         run_part(results, name, lambda p=precision: compare_eval_throughput(

@@ -18,7 +18,8 @@ which the paper's authors forked, with these facts read from that code:
   with the model in train mode, so BatchNorm running statistics move at every attack step
   (``bn_mode="train"``); evaluation uses ``bn_mode="eval"``. The final per-example loss used for
   restart selection is computed even with one restart when ``bn_mode="train"``, because their code
-  does that forward too and it moves the running statistics.
+  does that forward too and it moves the running statistics (``final_forward=False`` leaves it
+  to a caller that makes the same update: ``harness.train`` folds it into its robust forward).
 
 Differences from their code, on purpose:
 
@@ -192,7 +193,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
         bn_mode: str = "eval", generator: torch.Generator | None = None,
         autocast_dtype: torch.dtype | None = None, early_stop: bool = False,
         rows_of_batch: tuple[int, int, int] | None = None,
-        starts: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        starts: tuple[torch.Tensor, ...] | None = None,
+        final_forward: bool = True) -> torch.Tensor:
     """Untargeted PGD on the cross-entropy loss; returns the perturbation ``delta``.
 
     Args:
@@ -219,6 +221,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
             use exactly the starts one process would draw for the whole batch.
         starts: the random starts, one per restart, drawn beforehand by :func:`draw_starts`
             (then ``generator`` and ``rows_of_batch`` are not used); ``()`` for none.
+        final_forward: with one restart and ``bn_mode="train"`` the final forward only moves
+            the BatchNorm running statistics (its loss selects nothing); False skips it, for a
+            caller that makes that update itself (``harness.train`` folds it into its robust
+            forward on the same images).
 
     Returns:
         delta, fp32, same shape as x, with ``x + delta`` in [0, 1] and ``||delta|| <= eps``.
@@ -260,7 +266,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
                     new_delta = torch.where(mask, new_delta, delta)
                 delta = new_delta
             delta = delta.detach()
-            if restarts == 1 and bn_mode != "train":
+            if restarts == 1 and (bn_mode != "train" or not final_forward):
                 return delta
             with torch.no_grad(), _autocast(device_type, autocast_dtype):
                 final_loss = F.cross_entropy(model(x + delta).float(), y, reduction="none")

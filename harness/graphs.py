@@ -1,6 +1,6 @@
 """Replay a fixed-shape step as one CUDA graph.
 
-A PGD-10 training step of PreActResNet-18 at batch 128 runs 13 forwards and 11 backwards of
+A PGD-10 training step of PreActResNet-18 at batch 128 runs 12 forwards and 11 backwards of
 small kernels, each a few microseconds of GPU work, so eager PyTorch is bound by the launch
 overhead of Python and the CUDA driver: on an H200 an epoch took 29.5 s eagerly and 9.9 s with
 the step replayed from CUDA graphs (docs/benchmarks.md). Captured once into a CUDA graph, the

@@ -8,10 +8,16 @@ at epochs 100 and 150, evaluated per iteration at the fractional epoch ``epoch +
 
 One training step, as in Rice et al.'s loop (their order matters for BatchNorm statistics):
 
-1. ``delta = pgd(...)`` with the model in train mode (``attack_bn="train"``);
+1. ``delta = pgd(...)`` with the model in train mode (``attack_bn="train"``), whose last forward
+   (restart selection, on ``x + delta``) moves the BatchNorm running statistics;
 2. robust forward on ``clamp(x + delta, 0, 1)``, cross-entropy, backward, SGD step;
 3. clean forward on ``x`` *after* the step, still in train mode (their "train loss/acc"; it also
    moves BatchNorm running statistics, so we keep it to reproduce their eval-mode models).
+
+With one restart the forward of 1. selects nothing and sees the same images, weights and batch
+statistics as the forward of 2., so the step runs it once: the robust forward moves the running
+statistics by both updates (:func:`running_stats_count_twice`). The weights follow the same
+trajectory bit for bit; the running statistics agree to float rounding.
 
 The train robust numbers are those of the robust forward before the step; the train clean numbers
 come from the forward after it. Every epoch the model is evaluated in eval mode on the validation
@@ -528,6 +534,32 @@ def _attack_generator(device: torch.device, seed: int, epoch: int, stream: int) 
     return torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch, stream))
 
 
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def running_stats_count_twice(layers: list[nn.modules.batchnorm._BatchNorm]):
+    """Train-mode forwards inside move BatchNorm running statistics as if each ran twice.
+
+    Two momentum-``m`` updates with the same batch statistics ``s`` give
+    ``(1-m)^2 r + (1 - (1-m)^2) s``: one update with momentum ``1 - (1-m)^2``. The counter
+    ``num_batches_tracked`` gets its second increment on exit. Layers need a numeric momentum.
+    """
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 1.0 - (1.0 - m.momentum) ** 2
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved, strict=True):
+            m.momentum = momentum
+        with torch.no_grad():
+            for m in layers:
+                m.num_batches_tracked.add_(1)
+
+
 class TrainStep:
     """One training step of the protocol, split where the optimizer steps (see the module doc).
 
@@ -542,17 +574,26 @@ class TrainStep:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.params = list(engine.net.parameters())
+        # fold the attack's restart-selection forward into the robust forward (module doc)
+        cfg = engine.cfg
+        self.batchnorms = _batchnorms(engine.net)
+        self.fold_selection_forward = (
+            cfg.train_restarts == 1 and cfg.attack_bn == "train"
+            and all(m.momentum is not None for m in self.batchnorms))
 
     def robust(self, x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor):
         from harness.attacks import pgd
 
         engine, cfg = self.engine, self.engine.cfg
         model = engine.forward
+        fold = self.fold_selection_forward
         delta = pgd(model, x, y, eps=engine.eps, alpha=engine.step_size, steps=cfg.train_steps,
                     restarts=cfg.train_restarts, norm=cfg.norm, bn_mode=cfg.attack_bn,
-                    autocast_dtype=engine.amp, starts=starts)
+                    autocast_dtype=engine.amp, starts=starts, final_forward=not fold)
         x_adv = (x + delta).clamp_(0.0, 1.0)
-        with engine.autocast():
+        twice = (running_stats_count_twice(self.batchnorms) if fold
+                 else contextlib.nullcontext())
+        with engine.autocast(), twice:
             robust_logits = (model if engine.train_forward is None
                              else engine.train_forward)(x_adv)
         robust_loss = F.cross_entropy(robust_logits.float(), y)

@@ -226,6 +226,14 @@ def test_bn_mode_train_moves_running_statistics_and_eval_does_not():
     assert not torch.equal(bn.running_mean, before)
     # 2 attack forwards + the final restart-selection forward, as in Rice et al.'s code
     assert int(bn.num_batches_tracked) == 3
+    # without the final forward (a caller folding it into its own): the same delta, one fewer
+    g = torch.Generator().manual_seed(1)
+    with_final = pgd(net, x, y, eps=0.03, alpha=0.01, steps=2, bn_mode="train",
+                     generator=g.manual_seed(1))
+    without = pgd(net, x, y, eps=0.03, alpha=0.01, steps=2, bn_mode="train",
+                  generator=g.manual_seed(1), final_forward=False)
+    assert int(bn.num_batches_tracked) == 3 + 3 + 2
+    assert torch.equal(with_final, without)
 
 
 def test_same_generator_seed_gives_the_same_delta(trained_net):

@@ -78,6 +78,18 @@ def test_train_throughput_reports_both_loops_and_their_ratio(images):
     assert result["ours"]["settings"]["loop"] == "harness.train.train_one_epoch"
 
 
+def test_selection_fold_bench_times_both_variants(images):
+    from bench.train_throughput import compare_selection_fold
+
+    x_u8, y, _ = images
+    result = compare_selection_fold(x_u8, y, width=WIDTH, batch_size=4, steps=1, repeats=2)
+    assert result["folded"]["images_per_s"]["repeats"] == 2
+    assert result["unfolded"]["images_per_s"]["repeats"] == 2
+    assert result["ratio"] == pytest.approx(result["folded"]["images_per_s"]["median"]
+                                            / result["unfolded"]["images_per_s"]["median"])
+    assert len(result["ratio_per_pair"]) == 2
+
+
 def test_eval_throughput_reports_images_per_second(images):
     x_u8, y, _ = images
     ours = ours_eval_throughput(x_u8[:2], y[:2], width=WIDTH, steps=2, restarts=1, repeats=1)

@@ -104,6 +104,60 @@ def test_training_through_static_buffers_equals_eager_training(tmp_path):
                for i in opt_a)
 
 
+def test_folding_the_selection_forward_keeps_the_trajectory_and_running_statistics():
+    """The attack's restart-selection forward folded into the robust forward (one forward, the
+    running statistics moved twice): two epochs give bit-identical training metrics, weights and
+    optimizer state, BatchNorm running statistics equal to float rounding, and the same count of
+    tracked batches as running both forwards."""
+    results = []
+    for fold in (False, True):
+        cfg, data, engine = _digits_engine(None)
+        step = TrainStep(engine)
+        assert step.fold_selection_forward  # one restart, train-mode attack: on by default
+        step.fold_selection_forward = fold
+        engine._steps = (step.robust, step.clean)
+        calls = []
+        engine.net.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        rows = [train_one_epoch(engine, data.train, epoch) for epoch in range(2)]
+        results.append((rows, copy.deepcopy(engine.net.state_dict()),
+                        copy.deepcopy(engine.optimizer.state_dict()["state"]), len(calls)))
+    (rows_a, state_a, opt_a, calls_a), (rows_b, state_b, opt_b, calls_b) = results
+    steps = 2 * 7  # 7 batches per epoch
+    assert calls_a - calls_b == steps  # one forward fewer per step
+    assert rows_a == rows_b
+    for key in state_a:
+        if "running_" in key:
+            torch.testing.assert_close(state_b[key], state_a[key], rtol=1e-5, atol=1e-7)
+            assert not torch.equal(state_a[key], torch.zeros_like(state_a[key]))
+        else:  # weights and num_batches_tracked
+            assert torch.equal(state_a[key], state_b[key]), key
+    assert all(torch.equal(opt_a[i]["momentum_buffer"], opt_b[i]["momentum_buffer"])
+               for i in opt_a)
+
+
+def test_no_folding_with_restarts_or_an_eval_mode_attack():
+    for over in ({"train_restarts": 2}, {"attack_bn": "eval"}):
+        _, _, engine = _digits_engine(None, **over)
+        assert not TrainStep(engine).fold_selection_forward, over
+
+
+def test_running_stats_count_twice_equals_two_updates():
+    from harness.train import running_stats_count_twice
+
+    torch.manual_seed(0)
+    once, twice = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    twice.load_state_dict(once.state_dict())
+    x = torch.randn(8, 3, 4, 4) * 2 + 1
+    once(x)
+    once(x)
+    with running_stats_count_twice([twice]):
+        twice(x)
+    assert twice.momentum == 0.1  # restored
+    torch.testing.assert_close(twice.running_mean, once.running_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(twice.running_var, once.running_var, rtol=1e-6, atol=1e-7)
+    assert int(twice.num_batches_tracked) == int(once.num_batches_tracked) == 2
+
+
 def test_cuda_graphs_default_only_where_they_apply():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not uses_cuda_graphs(TrainConfig(), cpu)
