@@ -545,19 +545,20 @@ def running_stats_count_twice(layers: list[nn.modules.batchnorm._BatchNorm]):
 
     Two momentum-``m`` updates with the same batch statistics ``s`` give
     ``(1-m)^2 r + (1 - (1-m)^2) s``: one update with momentum ``1 - (1-m)^2``. The counter
-    ``num_batches_tracked`` gets its second increment on exit. Layers need a numeric momentum.
+    ``num_batches_tracked`` gets its second increment on a normal exit. Layers need a numeric
+    momentum; it is restored on any exit.
     """
     saved = [m.momentum for m in layers]
     for m in layers:
         m.momentum = 1.0 - (1.0 - m.momentum) ** 2
     try:
         yield
-    finally:
-        for m, momentum in zip(layers, saved, strict=True):
-            m.momentum = momentum
         with torch.no_grad():
             for m in layers:
                 m.num_batches_tracked.add_(1)
+    finally:
+        for m, momentum in zip(layers, saved, strict=True):
+            m.momentum = momentum
 
 
 class TrainStep:

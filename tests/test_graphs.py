@@ -156,6 +156,9 @@ def test_running_stats_count_twice_equals_two_updates():
     torch.testing.assert_close(twice.running_mean, once.running_mean, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(twice.running_var, once.running_var, rtol=1e-6, atol=1e-7)
     assert int(twice.num_batches_tracked) == int(once.num_batches_tracked) == 2
+    with pytest.raises(RuntimeError), running_stats_count_twice([twice]):
+        raise RuntimeError("forward failed")
+    assert twice.momentum == 0.1 and int(twice.num_batches_tracked) == 2
 
 
 def test_cuda_graphs_default_only_where_they_apply():
