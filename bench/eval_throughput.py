@@ -37,10 +37,10 @@ def ours_eval_throughput(images: torch.Tensor, labels, *, device: str | torch.de
     from harness.data import DeviceBatches
     from harness.evaluate import evaluate_robust
     from harness.models import build_model
-    from harness.train import autocast_dtype_for, resolve_device
+    from harness.train import autocast_dtype_for, precision_name, resolve_device
 
     dev = resolve_device(str(device))
-    amp = autocast_dtype_for(precision, dev) if precision != "fp32" else None
+    amp = autocast_dtype_for(precision, dev)
     torch.manual_seed(0)
     model = build_model(_cifar_model_config(width)).to(dev)
     if channels_last:
@@ -70,7 +70,7 @@ def ours_eval_throughput(images: torch.Tensor, labels, *, device: str | torch.de
             "warmup_seconds": warm_watch.seconds, "robust_acc": result.get("robust_acc"),
             "settings": {"loop": "harness.evaluate.evaluate_robust", "width": width,
                          "batch_size": batch_size, "steps": steps, "restarts": restarts,
-                         "precision": "bf16" if amp is not None else "fp32",
+                         "precision": precision_name(amp),
                          "channels_last": channels_last, "cuda_graphs": graphs,
                          "images": len(images),
                          "repeats": repeats, "device": str(dev)}}

@@ -257,6 +257,8 @@ def ours_epoch_part(device, sizes: Sizes, images, labels, results: Results,
                     cuda_graphs: bool | None = None,
                     channels_last: bool | None = None) -> dict[str, Any]:
     """Seconds per full training epoch of ours (median over ``ours_epochs``) and FLOP/s."""
+    from harness.train import precision_name
+
     engine, cl = _engine(device, sizes, precision, compile, cuda_graphs, channels_last)
     full = _batches(images, labels, device, sizes.batch, cl)
     warm = _warmup_batches(images, labels, device, sizes, cl)
@@ -267,7 +269,7 @@ def ours_epoch_part(device, sizes: Sizes, images, labels, results: Results,
            "seconds_each": [round(s, 4) for s in seconds],
            "warmup_seconds": warm_watch.seconds, "warmup_steps": sizes.warmup_steps,
            "images": len(images), "batch": sizes.batch, "width": sizes.width,
-           "precision": "bf16" if engine.amp is not None else "fp32", "channels_last": cl,
+           "precision": precision_name(engine.amp), "channels_last": cl,
            "compile": compile, "cuda_graphs": engine.cuda_graphs,
            "data": "synthetic uniform uint8 images, random labels"}
     if engine.cuda_graphs:

@@ -42,8 +42,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 # Sizes: "full" is what docs/benchmarks.md reports; "quick" is a smoke run (seconds).
 SIZES = {
     "full": {"width": 0.25, "batch": 128, "train_steps": 4, "train_repeats": 3, "warmup": 1,
+             "fold_steps": 2, "fold_repeats": 4,
              "eval_images": 64, "eval_repeats": 2, "cold_repeats": 5},
     "quick": {"width": 0.0625, "batch": 8, "train_steps": 1, "train_repeats": 2, "warmup": 1,
+              "fold_steps": 1, "fold_repeats": 2,
               "eval_images": 4, "eval_repeats": 2, "cold_repeats": 2},
 }
 
@@ -164,7 +166,7 @@ def run_all(quick: bool = False, json_path: Path | None = None, synthetic: bool 
         images, labels, channels_last=True, **train), json_path)
     run_part(results, "train_fold", lambda: compare_selection_fold(
         images, labels, width=size["width"], batch_size=size["batch"],
-        steps=max(1, size["train_steps"] // 2), repeats=size["train_repeats"] + 1,
+        steps=size["fold_steps"], repeats=size["fold_repeats"],
         warmup_steps=size["warmup"]), json_path)
     n_eval = size["eval_images"]
     for name, precision in (("eval", "fp32"), ("eval_bf16", "bf16")):

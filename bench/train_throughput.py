@@ -113,7 +113,7 @@ class OursTrainSession:
                  warmup_steps: int = 2, precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False,
                  attack_steps: int = 10, cuda_graphs: bool | None = None):
-        from harness.train import train_one_epoch
+        from harness.train import precision_name, train_one_epoch
 
         self.engine, self.channels_last = build_engine(
             device=device, width=width, batch_size=batch_size, precision=precision,
@@ -131,7 +131,7 @@ class OursTrainSession:
         self.settings = {"loop": "harness.train.train_one_epoch", "width": width,
                          "batch_size": batch_size, "attack_steps": attack_steps,
                          "steps_per_repeat": steps, "warmup_steps": warmup_steps,
-                         "precision": "bf16" if self.engine.amp is not None else "fp32",
+                         "precision": precision_name(self.engine.amp),
                          "channels_last": self.channels_last, "compile": compile,
                          "cuda_graphs": self.engine.cuda_graphs, "device": str(dev)}
 

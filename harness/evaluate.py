@@ -205,7 +205,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     from harness.attacks import normalize_norm_name
     from harness.checkpoint import load_model
     from harness.data import DeviceBatches, open_source, stratified_subset
-    from harness.train import autocast_dtype_for, resolve_device
+    from harness.train import autocast_dtype_for, precision_name, resolve_device
 
     if attack not in ATTACKS:
         raise BadInput(f"--attack {attack!r}; allowed: {', '.join(ATTACKS)}")
@@ -229,7 +229,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     if on_start is not None:
         on_start(len(batches.images) // batch_size + bool(len(batches.images) % batch_size))
     eps, alpha = eps_255 / 255.0, alpha_255 / 255.0
-    amp = autocast_dtype_for(precision, dev) if precision != "fp32" else None
+    amp = autocast_dtype_for(precision, dev)
     perturb = None
     if attack != "pgd":
         perturb = torchattacks_perturb(model, attack, eps=eps, alpha=alpha, steps=steps,
@@ -244,7 +244,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
             "attack": attack, "norm": norm, "eps_255": eps_255, "alpha_255": alpha_255,
             "steps": steps if attack != "autoattack" else None,
             "restarts": restarts if attack == "pgd" else 1, "seed": seed,
-            "precision": "bf16" if amp is not None else "fp32", "device": str(dev),
+            "precision": precision_name(amp), "device": str(dev),
             "seconds": round(time.perf_counter() - started, 3), **result}
 
 

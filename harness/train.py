@@ -739,7 +739,8 @@ def _model_config(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
             "mean": list(data.mean), "std": list(data.std)}
 
 
-def _precision_name(amp: torch.dtype | None) -> str:
+def precision_name(amp: torch.dtype | None) -> str:
+    """``"bf16"`` or ``"fp32"``: what an autocast dtype from :func:`autocast_dtype_for` means."""
     return "bf16" if amp is not None else "fp32"
 
 
@@ -748,7 +749,7 @@ def _run_record(cfg: TrainConfig, data: RunData, model_config: dict, device: tor
     return {
         "train_config": cfg.to_dict(),
         "resolved": {"device": str(device), "device_name": _device_name(device),
-                     "precision": _precision_name(amp),
+                     "precision": precision_name(amp),
                      "channels_last": channels_last, "compile": cfg.compile,
                      "compile_mode": cfg.compile_mode if cfg.compile else None,
                      "lr_milestones": cfg.milestones(), "eps": cfg.eps_255 / 255.0,
@@ -768,7 +769,7 @@ def _checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dic
     cfg = engine.cfg
     return {"model": engine.net.state_dict(), "config": model_config,
             "train_config": cfg.to_dict(), "epoch": epoch, "metrics": row,
-            "precision": _precision_name(engine.amp), "precision_changes": precision_changes,
+            "precision": precision_name(engine.amp), "precision_changes": precision_changes,
             "optimizer": engine.optimizer.state_dict(),
             "scheduler": {"kind": "piecewise", "milestones": cfg.milestones(),
                           "gamma": cfg.lr_gamma, "lr": cfg.lr, "epochs_done": epoch},
