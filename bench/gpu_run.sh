@@ -46,7 +46,7 @@ if want tests; then
     if "$PY" -c "import pytest" 2>/dev/null; then
         # tests/conftest.py hides GPUs unless CUDA_VISIBLE_DEVICES is set
         CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" timeout -k 5 150 "$PY" -m pytest -q \
-            -p no:cacheprovider -k "cuda" tests/test_graphs.py tests/test_data.py \
+            -p no:cacheprovider -k "cuda" tests/test_graphs.py tests/test_data.py tests/test_fp16.py \
             tests/test_models.py 2>&1 | tail -15 | tee "$OUT/pytest_cuda.txt"
     else
         echo "pytest not installed here: CUDA tests skipped" | tee "$OUT/pytest_cuda.txt"

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import bn_kernels
 from bench.timing import Stopwatch, summarize
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, FLOP/s.
@@ -316,7 +317,7 @@ def reference_part(device, sizes: Sizes, images, labels) -> dict[str, Any]:
 
 
 def profile_part(device, sizes: Sizes, images, labels, steps: int = 3,
-                 top: int = 25) -> dict[str, Any]:
+                 top: int = 25, precision: str = "auto") -> dict[str, Any]:
     """Where a training step's device time goes: ``torch.profiler`` over ``steps`` eager steps
     (bf16, channels_last; CUDA graphs off so that every kernel is seen), the ``top`` CUDA kernels
     by device time (on a CPU: operators by self CPU time), and the shares of convolution and
@@ -325,7 +326,7 @@ def profile_part(device, sizes: Sizes, images, labels, steps: int = 3,
 
     from harness.train import train_one_epoch
 
-    engine, cl = _engine(device, sizes, cuda_graphs=False)
+    engine, cl = _engine(device, sizes, precision, cuda_graphs=False)
     warm = _batches(images[: 2 * sizes.batch], labels[: 2 * sizes.batch], device, sizes.batch, cl)
     train_one_epoch(engine, warm, 0)
     timed = _batches(images[: steps * sizes.batch], labels[: steps * sizes.batch], device,
@@ -419,8 +420,10 @@ def _imagefolder_from_npz(npz_path: Path, root: Path) -> str:
 
 def equality_part(device, sizes: Sizes, budget: Budget, npz: Path | None,
                   tiny: bool, data_spec: str | None = None,
-                  train_subset: int = 5000) -> dict[str, Any]:
-    """Short training runs: fp32 vs bf16 (same seed), plus a second seed of each for spread.
+                  train_subset: int = 5000,
+                  precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> dict[str, Any]:
+    """Short training runs: fp32 vs bf16 vs fp16 (same seed), and a second seed of each for
+    the run-to-run spread.
 
     Data: ``data_spec`` (a ``harness train --dataset`` spec, e.g. ``imagefolder:PATH`` of the
     CIFAR-10 JPEG copy; ``train_subset`` training images, 1,000 validation, 2,000 test), else
@@ -440,7 +443,7 @@ def equality_part(device, sizes: Sizes, budget: Budget, npz: Path | None,
                         train_steps=2, eval_steps=2)
         runs: dict[str, Any] = {}
         last_seconds = 0.0
-        for precision, seed in (("fp32", 0), ("bf16", 0), ("fp32", 1), ("bf16", 1)):
+        for seed, precision in ((s, p) for s in (0, 1) for p in precisions):
             name = f"{precision}_seed{seed}"
             if not budget.allows(1.3 * last_seconds + 10):
                 runs[name] = {"skipped": "time budget"}
@@ -452,40 +455,45 @@ def equality_part(device, sizes: Sizes, budget: Budget, npz: Path | None,
             final = rows[-1]
             runs[name] = {k: final[k] for k in ("test_clean_acc", "test_robust_acc",
                                                 "train_clean_acc", "train_robust_acc",
-                                                "val_robust_acc")}
+                                                "val_robust_acc", "loss_scale") if k in final}
             runs[name]["seconds"] = round(last_seconds, 2)
     label = (f"{data_spec} ({base.get('train_subset', 'all')} training images)" if data_spec else
              f"CIFAR-10 subset from {npz.name}" if npz else "digits (scikit-learn)")
     out: dict[str, Any] = {"dataset": label,
                            "epochs": sizes.equality_epochs, "width": sizes.equality_width,
                            "runs": runs}
-    out.update(_equality_verdict(runs))
+    out.update(_equality_verdict(runs, precisions))
     return out
 
 
-def _equality_verdict(runs: dict[str, Any]) -> dict[str, Any]:
-    """|fp32 - bf16| at the same seed against |seed0 - seed1| within each precision."""
+def _equality_verdict(runs: dict[str, Any],
+                      precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, Any]:
+    """|fp32 - p| at the same seed, for each lower precision p, against |seed0 - seed1| within
+    each precision (the run-to-run spread)."""
     def acc(name, key):
         r = runs.get(name, {})
         return r.get(key) if "skipped" not in r else None
 
+    def pair(a, b):
+        return None if a is None or b is None else abs(a - b)
+
     out = {}
     for key in ("test_clean_acc", "test_robust_acc"):
-        same_seed = [abs(acc(f"fp32_seed{s}", key) - acc(f"bf16_seed{s}", key))
-                     for s in (0, 1) if acc(f"fp32_seed{s}", key) is not None
-                     and acc(f"bf16_seed{s}", key) is not None]
-        spread = [abs(acc(f"{p}_seed0", key) - acc(f"{p}_seed1", key)) for p in ("fp32", "bf16")
-                  if acc(f"{p}_seed0", key) is not None and acc(f"{p}_seed1", key) is not None]
-        out[f"{key}_fp32_vs_bf16"] = max(same_seed) if same_seed else None
+        spread = [d for p in precisions if (d := pair(acc(f"{p}_seed0", key),
+                                                       acc(f"{p}_seed1", key))) is not None]
         out[f"{key}_seed_spread"] = max(spread) if spread else None
-        if same_seed and spread:
-            # within the spread, with one accuracy quantum of slack for tiny test sets
-            out[f"{key}_within_spread"] = max(same_seed) <= max(spread) + 0.01
+        for low in precisions[1:]:
+            same_seed = [d for s in (0, 1) if (d := pair(acc(f"fp32_seed{s}", key),
+                                                          acc(f"{low}_seed{s}", key))) is not None]
+            out[f"{key}_fp32_vs_{low}"] = max(same_seed) if same_seed else None
+            if same_seed and spread:
+                # within the spread, with one accuracy quantum of slack for tiny test sets
+                out[f"{key}_{low}_within_spread"] = max(same_seed) <= max(spread) + 0.01
     return out
 
 
 def compile_part(device, sizes: Sizes, images, labels, results: Results,
-                 mode: str = "default") -> dict[str, Any]:
+                 mode: str = "default", precision: str = "auto") -> dict[str, Any]:
     """Our step under torch.compile (inside the CUDA graphs): compile time, seconds per epoch.
 
     Timed on whole batches only (351 x 128 = 44,928 images, scaled to 45,000), so that the
@@ -495,7 +503,7 @@ def compile_part(device, sizes: Sizes, images, labels, results: Results,
     whole = sizes.train_images - sizes.train_images % sizes.batch
     sizes_one = Sizes(**{**sizes.__dict__, "ours_epochs": 1, "train_images": whole})
     out = ours_epoch_part(device, sizes_one, images[:whole], labels[:whole], results,
-                          compile=mode)
+                          precision=precision, compile=mode)
     out["compile_mode"] = mode
     out["compile_and_warmup_seconds"] = out.pop("warmup_seconds")
     scale = sizes.train_images / whole
@@ -511,8 +519,8 @@ def compile_part(device, sizes: Sizes, images, labels, results: Results,
 
 
 PARTS = ("env", "flops", "ours_epoch", "ours_eager", "ours_cudnn_benchmark", "ours_nchw",
-         "reference", "ours_fp32", "eval", "equality", "compile", "compile_max_autotune",
-         "profile")
+         "ours_fp16", "reference", "ours_fp32", "eval", "equality", "compile", "compile_fp16",
+         "compile_max_autotune", "profile", "profile_fp16", "bn_kernels")
 
 
 def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
@@ -542,19 +550,27 @@ def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
             lambda: ours_epoch_part(device, one, images, labels, results))),
         ("ours_nchw", 20, lambda: ours_epoch_part(device, one, images, labels, results,
                                                   channels_last=False)),
+        ("ours_fp16", 20, lambda: ours_epoch_part(device, one, images, labels, results,
+                                                  precision="fp16")),
         ("reference", 60, lambda: reference_part(device, sizes, images, labels)),
         ("ours_fp32", 20, lambda: ours_fp32_part(device, sizes, images, labels)),
         ("eval", 40, lambda: eval_part(device, sizes, images, labels, budget)),
         ("equality", 60, lambda: equality_part(device, sizes, budget, npz, tiny, data_spec)),
         ("compile", 150, lambda: compile_part(device, sizes, images, labels, results)),
+        ("compile_fp16", 150, lambda: compile_part(device, sizes, images, labels, results,
+                                                   precision="fp16")),
         ("compile_max_autotune", 240, lambda: compile_part(
             device, sizes, images, labels, results, mode="max-autotune-no-cudagraphs")),
         ("profile", 20, lambda: profile_part(device, sizes, images, labels)),
+        ("profile_fp16", 20, lambda: profile_part(device, sizes, images, labels,
+                                                  precision="fp16")),
+        ("bn_kernels", 30, lambda: bn_kernels.bench(device, sizes.batch)),
     ]
     for name, needed, fn in plan:
         if parts is not None and name not in parts:
             continue
-        if name in ("ours_eager", "ours_cudnn_benchmark", "ours_nchw") and not cuda:
+        if name in ("ours_eager", "ours_cudnn_benchmark", "ours_nchw", "ours_fp16",
+                    "profile_fp16", "bn_kernels") and not cuda:
             continue
         if name.startswith("compile") and not compile:
             results.data["parts"][name] = {"skipped": "off (default off on CPU; --compile)"}
@@ -605,9 +621,11 @@ def table(results: Results) -> str:
             ("reference fp32 [extrapolated]", "reference",
              ("seconds_per_epoch_extrapolated",)),
             ("ours torch.compile", "compile", ("seconds_per_epoch", "median")),
+            ("ours torch.compile, fp16", "compile_fp16", ("seconds_per_epoch", "median")),
             ("ours torch.compile max-autotune", "compile_max_autotune",
              ("seconds_per_epoch", "median")),
-            ("ours NCHW (not channels_last)", "ours_nchw", ("seconds_per_epoch", "median"))]
+            ("ours NCHW (not channels_last)", "ours_nchw", ("seconds_per_epoch", "median")),
+            ("ours fp16 (cuDNN BatchNorm)", "ours_fp16", ("seconds_per_epoch", "median"))]
     lines.append(f"{'training epoch, 45k images, PGD-10':<40}{'s/epoch':>10}{'vs ref':>9}"
                  f"{'of peak':>9}")
     ref = get("reference", "seconds_per_epoch_extrapolated")
@@ -642,7 +660,7 @@ def table(results: Results) -> str:
     if status("equality"):
         lines.append(f"equality: {status('equality')}")
     elif eq:
-        lines.append(f"fp32 vs bf16, {eq['epochs']} epochs on {eq['dataset']}:")
+        lines.append(f"fp32 vs bf16 vs fp16, {eq['epochs']} epochs on {eq['dataset']}:")
         for name, r in eq["runs"].items():
             if "skipped" in r:
                 lines.append(f"  {name:<14} skipped")
@@ -650,15 +668,22 @@ def table(results: Results) -> str:
                 lines.append(f"  {name:<14} test clean {100 * r['test_clean_acc']:5.1f}%  "
                              f"robust {100 * r['test_robust_acc']:5.1f}%  ({r['seconds']:.0f} s)")
         for key in ("test_clean_acc", "test_robust_acc"):
-            d, s = eq.get(f"{key}_fp32_vs_bf16"), eq.get(f"{key}_seed_spread")
-            if d is not None and s is not None:
-                lines.append(f"  {key}: |fp32-bf16| {100 * d:.1f} pts, seed spread "
-                             f"{100 * s:.1f} pts, within: {eq.get(f'{key}_within_spread')}")
-    prof = p.get("profile", {})
-    if prof.get("top"):
-        lines.append(f"profile (eager step): {prof['total_ms_per_step']:.1f} ms per step, "
-                     f"convolutions {100 * prof['share_convolution']:.0f}%, BatchNorm "
-                     f"{100 * prof['share_batchnorm']:.0f}%; top: {prof['top'][0]['op'][:50]}")
+            for low in ("bf16", "fp16"):
+                d, s = eq.get(f"{key}_fp32_vs_{low}"), eq.get(f"{key}_seed_spread")
+                if d is not None and s is not None:
+                    lines.append(f"  {key}: |fp32-{low}| {100 * d:.1f} pts, seed spread "
+                                 f"{100 * s:.1f} pts, within: "
+                                 f"{eq.get(f'{key}_{low}_within_spread')}")
+    for name in ("profile", "profile_fp16"):
+        prof = p.get(name, {})
+        if prof.get("top"):
+            lines.append(f"{name} (eager step): {prof['total_ms_per_step']:.1f} ms per step, "
+                         f"convolutions {100 * prof['share_convolution']:.0f}%, BatchNorm "
+                         f"{100 * prof['share_batchnorm']:.0f}%; top: "
+                         f"{prof['top'][0]['op'][:50]}")
+    for name, row in p.get("bn_kernels", {}).get("variants", {}).items():
+        lines.append(f"BatchNorm fwd+bwd, all 17 layers, {name:<10} "
+                     f"{row['forward_backward_all_layers_us']:8.0f} us")
     comp = get("compile", "compile_and_warmup_seconds")
     if comp:
         lines.append(f"torch.compile: compile + warm-up {comp:.1f} s")

@@ -172,6 +172,31 @@ def _step(delta: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> t
     return delta + alpha * grad / (_per_example_norm(grad) + 1e-10)
 
 
+def attack_loss(logits: torch.Tensor, y: torch.Tensor,
+                autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The loss whose gradient the attack follows: the summed cross-entropy of fp32 ``logits``.
+
+    Under fp16 autocast each example's term is divided by the norm of its gradient at the
+    logits, ``||softmax(z) - onehot(y)||`` (computed as autograd computes it, then detached), so
+    that the gradient entering the fp16 backward has unit norm per example. A positive
+    per-example factor changes neither the sign of the gradient (the l_inf step) nor its
+    direction (the l_2 step), so the attack is the same; without it, the gradient of a confidently
+    classified example (about 1e-6 at the logits) underflows fp16's range (smallest normal
+    6.1e-5) on its way back to the input and the attack would stall there. bf16 has fp32's
+    exponent range and fp32 needs nothing: both use the plain sum.
+    """
+    per_example = F.cross_entropy(logits, y, reduction="none")
+    if autocast_dtype != torch.float16:
+        return per_example.sum()
+    with torch.no_grad():
+        g = torch.softmax(logits, dim=1)
+        g.scatter_add_(1, y[:, None], g.new_full((len(y), 1), -1.0))
+        norm = g.norm(dim=1)
+        # an exactly zero gradient stays zero (fp32 gives sign 0 there too)
+        weight = torch.where(norm > 0, 1.0 / norm.clamp_min(1e-30), torch.zeros_like(norm))
+    return (per_example * weight).sum()
+
+
 def _check_args(x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
                 restarts: int, bn_mode: str) -> None:
     if not (eps >= 0):
@@ -256,8 +281,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
                 delta.requires_grad_(True)
                 with _autocast(device_type, autocast_dtype):
                     logits = model(x + delta)
-                loss = F.cross_entropy(logits.float(), y, reduction="sum")
+                loss = attack_loss(logits.float(), y, autocast_dtype)
                 (grad,) = torch.autograd.grad(loss, delta)
+                if autocast_dtype == torch.float16:
+                    grad = torch.nan_to_num(grad, nan=0.0)  # an fp16 overflow: no step there
                 delta = delta.detach()
                 new_delta = _project(_step(delta, grad, alpha, norm), x, eps, norm)
                 if early_stop:

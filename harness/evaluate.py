@@ -61,11 +61,13 @@ def zero_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     examples of ``x`` [B, C, H, W] whose cross-entropy input gradient is exactly zero, and all
     correctly classified ones. Only those matter: a misclassified example is never robust, and
     its gradient (p - onehot) cannot vanish."""
+    from harness.attacks import attack_loss
+
     with torch.enable_grad():
         x = x.detach().float().requires_grad_(True)
         with _autocast(x.device, autocast_dtype):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        loss = attack_loss(logits.float(), y, autocast_dtype)  # the gradient the attack sees
         (grad,) = torch.autograd.grad(loss, x)
     correct = logits.detach().argmax(1) == y
     zero = grad.flatten(1).abs().amax(1) == 0

@@ -75,7 +75,7 @@ from harness.distributed import (
 )
 from harness.metrics_file import read_metrics
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTACK_BN_MODES = ("train", "eval")
 # torch.compile modes for --compile; the "reduce-overhead" modes bring CUDA graphs of their own,
 # which the step's graphs (harness.graphs) already provide
@@ -320,10 +320,43 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
     """
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
     if precision == "auto" and (device.type == "cuda"
                                 or (device.type == "cpu" and cpu_has_native_bf16())):
         return torch.bfloat16
     return None
+
+
+def loss_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler:
+    """PyTorch's dynamic loss scaler for the training backward; a no-op unless ``amp`` is fp16.
+
+    fp16 keeps 5 exponent bits: weight gradients below 6e-8 would flush to zero. The loss is
+    multiplied by the scale (initially 2**16) before the backward; a step whose gradients
+    overflow is skipped and the scale halved, and 2000 clean steps in a row double it. With the
+    fused SGD used on CUDA, the check, the unscaling and the skip happen on the device (no host
+    sync, so the step still replays from a CUDA graph). The attack needs no scaler:
+    :func:`harness.attacks.attack_loss` normalizes its gradients per example.
+    """
+    return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+
+
+def zero_momentum_buffers(optimizer: torch.optim.Optimizer) -> None:
+    """Give every SGD parameter a zero momentum buffer before the first step.
+
+    The fused SGD kernel allocates the buffers uninitialized (``torch.empty_like``) on its first
+    step and fills them in that step; when the loss scaler skips that step (fp16 gradients
+    overflowed) they stay garbage and the next step reads them (torch 2.14.1). From a zero
+    buffer the first real step computes ``0.9 * 0 + g = g``, what a first step computes, bit
+    for bit.
+    """
+    for group in optimizer.param_groups:
+        if group.get("momentum", 0) == 0:
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def piecewise_lr(t: float, cfg: TrainConfig) -> float:
@@ -495,6 +528,8 @@ class Engine:
     train_forward: nn.Module | None = None
     dist: DistContext = SINGLE
     cuda_graphs: bool = False
+    # dynamic loss scaling of the training backward, enabled for fp16 only (see loss_scaler)
+    scaler: torch.amp.GradScaler | None = None
     _steps: tuple | None = None
     eval_graphs: dict | None = None  # harness.evaluate.evaluate_robust's graph cache
 
@@ -520,6 +555,12 @@ class Engine:
     @property
     def step_size(self) -> float:
         return self.cfg.alpha_255 / 255.0
+
+    def __post_init__(self):
+        if self.scaler is None:
+            self.scaler = loss_scaler(self.amp, self.device)
+        if self.scaler.is_enabled():
+            zero_momentum_buffers(self.optimizer)
 
     def autocast(self):
         if self.amp is None:
@@ -599,7 +640,7 @@ class TrainStep:
                              else engine.train_forward)(x_adv)
         robust_loss = F.cross_entropy(robust_logits.float(), y)
         engine.optimizer.zero_grad(set_to_none=True)
-        robust_loss.backward()
+        engine.scaler.scale(robust_loss).backward()
         b = y.shape[0]
         stats = torch.stack([robust_loss.detach().double() * b,
                              (robust_logits.detach().argmax(1) == y).sum().double()])
@@ -651,7 +692,8 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
         robust_stats, *grads = robust(x, y, *starts)
         for p, g in zip(engine.net.parameters(), grads, strict=True):
             p.grad = g  # a replay writes the captured gradient tensors: point .grad at them
-        engine.optimizer.step()
+        engine.scaler.step(engine.optimizer)  # optimizer.step(), unless fp16 gradients overflowed
+        engine.scaler.update()
         clean_stats = clean(x, y)
         sums += torch.cat([robust_stats, clean_stats])
         count += y.shape[0]
@@ -661,8 +703,11 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
         totals = all_reduce_sum(torch.cat([sums, sums.new_tensor([count])]), engine.dist)
         sums, count = totals[:4], totals[4].item()
     values = (sums / count).tolist()
-    return {"lr": lr, "train_clean_loss": values[2], "train_clean_acc": values[3],
-            "train_robust_loss": values[0], "train_robust_acc": values[1]}
+    out = {"lr": lr, "train_clean_loss": values[2], "train_clean_acc": values[3],
+           "train_robust_loss": values[0], "train_robust_acc": values[1]}
+    if engine.scaler.is_enabled():
+        out["loss_scale"] = engine.scaler.get_scale()
+    return out
 
 
 def evaluate_part(engine: Engine, batches, epoch: int, stream: int, prefix: str,
@@ -740,8 +785,9 @@ def _model_config(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
 
 
 def precision_name(amp: torch.dtype | None) -> str:
-    """``"bf16"`` or ``"fp32"``: what an autocast dtype from :func:`autocast_dtype_for` means."""
-    return "bf16" if amp is not None else "fp32"
+    """``"bf16"``, ``"fp16"`` or ``"fp32"``: what an autocast dtype from
+    :func:`autocast_dtype_for` means."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
 
 
 def _run_record(cfg: TrainConfig, data: RunData, model_config: dict, device: torch.device,
@@ -771,6 +817,7 @@ def _checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dic
             "train_config": cfg.to_dict(), "epoch": epoch, "metrics": row,
             "precision": precision_name(engine.amp), "precision_changes": precision_changes,
             "optimizer": engine.optimizer.state_dict(),
+            "grad_scaler": engine.scaler.state_dict(),
             "scheduler": {"kind": "piecewise", "milestones": cfg.milestones(),
                           "gamma": cfg.lr_gamma, "lr": cfg.lr, "epochs_done": epoch},
             "rng": _rng_state(engine.device), "best_val_robust_acc": best}
@@ -853,6 +900,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         _remove_stale_temp_files(out_dir)
         engine.net.load_state_dict(ckpt["model"])
         engine.optimizer.load_state_dict(ckpt["optimizer"])
+        if engine.scaler.is_enabled() and ckpt.get("grad_scaler"):  # fp16 before and now
+            engine.scaler.load_state_dict(ckpt["grad_scaler"])
         _restore_rng(ckpt.get("rng", {}), device)
         start_epoch, best = int(ckpt["epoch"]), float(ckpt.get("best_val_robust_acc", -1.0))
     elif overwrite and out_dir.is_dir():

@@ -144,12 +144,18 @@ def test_gpu_speed_flop_count_shows_the_reference_step_costs_more(images):
 def test_equality_verdict_compares_precision_gap_with_seed_spread():
     runs = {"fp32_seed0": {"test_clean_acc": 0.50, "test_robust_acc": 0.30},
             "bf16_seed0": {"test_clean_acc": 0.51, "test_robust_acc": 0.20},
+            "fp16_seed0": {"test_clean_acc": 0.49, "test_robust_acc": 0.31},
             "fp32_seed1": {"test_clean_acc": 0.53, "test_robust_acc": 0.31},
-            "bf16_seed1": {"skipped": "time budget"}}
-    verdict = gpu_speed._equality_verdict(runs)
-    assert verdict["test_clean_acc_within_spread"] is True
-    assert verdict["test_robust_acc_within_spread"] is False
+            "bf16_seed1": {"skipped": "time budget"},
+            "fp16_seed1": {"test_clean_acc": 0.56, "test_robust_acc": 0.32}}
+    verdict = gpu_speed._equality_verdict(runs, ("fp32", "bf16", "fp16"))
+    assert verdict["test_clean_acc_bf16_within_spread"] is True
+    assert verdict["test_robust_acc_bf16_within_spread"] is False
     assert verdict["test_robust_acc_fp32_vs_bf16"] == pytest.approx(0.10)
+    # spread: the largest |seed0 - seed1| of any precision (fp16 clean: 0.07)
+    assert verdict["test_clean_acc_seed_spread"] == pytest.approx(0.07)
+    assert verdict["test_clean_acc_fp32_vs_fp16"] == pytest.approx(0.03)
+    assert verdict["test_robust_acc_fp16_within_spread"] is True
 
 
 def test_gpu_speed_profile_part_accounts_for_the_step_time(images):

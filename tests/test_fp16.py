@@ -1,0 +1,159 @@
+"""fp16 autocast (``--precision fp16``): the attack's per-example gradient normalization and the
+training backward's dynamic loss scaling. Each is checked against fp32 on a CPU (autocast fp16
+runs there too, slowly); the fused-optimizer skip on CUDA has its own test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.attacks import attack_loss, pgd
+from harness.checkpoint import load_checkpoint
+from harness.train import (
+    TrainConfig,
+    _build_engine,
+    _model_config,
+    autocast_dtype_for,
+    load_run_data,
+    loss_scaler,
+    run_training,
+    train_one_epoch,
+    zero_momentum_buffers,
+)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _logit_grad(logits, y, dtype):
+    z = logits.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(attack_loss(z, y, dtype), z)
+    return g
+
+
+def test_fp16_attack_loss_gradient_is_the_cross_entropy_gradient_normalized_per_example():
+    torch.manual_seed(0)
+    logits = torch.randn(16, 10) * torch.logspace(-1, 1.5, 16)[:, None]  # up to very confident
+    y = torch.randint(0, 10, (16,))
+    plain = _logit_grad(logits, y, None)
+    assert torch.allclose(plain, torch.softmax(logits, 1) - F.one_hot(y, 10), atol=1e-6)
+    assert torch.equal(_logit_grad(logits, y, torch.bfloat16), plain)  # bf16: the plain sum
+    g = _logit_grad(logits, y, torch.float16)
+    torch.testing.assert_close(g.norm(dim=1), torch.ones(16))
+    torch.testing.assert_close(g, plain / plain.norm(dim=1, keepdim=True))
+    # the loss value itself stays finite and positive
+    assert torch.isfinite(attack_loss(logits, y, torch.float16))
+
+
+def test_fp16_attack_loss_leaves_an_exactly_zero_gradient_zero():
+    logits = torch.zeros(2, 10)
+    logits[0, 3] = 200.0  # softmax is one-hot in fp32: the gradient is exactly zero
+    logits[1, 5] = 2.0
+    y = torch.tensor([3, 1])
+    g = _logit_grad(logits, y, torch.float16)
+    assert torch.equal(g[0], torch.zeros(10)) and torch.isfinite(g).all()
+    assert g[1].norm().item() == pytest.approx(1.0)
+
+
+class _Confident(torch.nn.Module):
+    """A linear classifier whose logits have margins of about 16: p(wrong class) ~ 1e-7, so the
+    plain cross-entropy gradient at the input (~1e-9) is below fp16's smallest subnormal."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.w = torch.nn.Parameter(torch.randn(10, 48) * 1e-2)
+        self.bias = torch.nn.Parameter(torch.zeros(10))
+
+    def forward(self, x):
+        logits = F.linear(x.flatten(1), self.w, self.bias)
+        return logits + 16.0 * F.one_hot(torch.arange(len(x)) % 10, 10).to(logits.dtype)
+
+
+def test_fp16_pgd_moves_confident_examples_where_a_plain_fp16_gradient_underflows():
+    model = _Confident()
+    x = torch.rand(20, 3, 4, 4)
+    y = torch.arange(20) % 10
+    kw = dict(eps=8 / 255, alpha=2 / 255, steps=3, random_start=False)
+    # the failure the normalization prevents: the plain summed loss under fp16 autocast
+    xx = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.float16):
+        logits = model(xx)
+    (plain,) = torch.autograd.grad(F.cross_entropy(logits.float(), y, reduction="sum"), xx)
+    assert (plain == 0).float().mean() > 0.9
+    ref = pgd(model, x, y, autocast_dtype=None, **kw)
+    ours = pgd(model, x, y, autocast_dtype=torch.float16, **kw)
+    assert (ref.abs() > 0).float().mean() > 0.99  # fp32 moves every pixel
+    # fp16 rounding of the logits may flip a sign where two classes' terms nearly cancel
+    assert (ours == ref).float().mean() > 0.97
+
+
+def test_loss_scaler_is_on_for_fp16_only():
+    cpu = torch.device("cpu")
+    assert autocast_dtype_for("fp16", cpu) == torch.float16
+    assert loss_scaler(torch.float16, cpu).is_enabled()
+    assert not loss_scaler(torch.bfloat16, cpu).is_enabled()
+    assert not loss_scaler(None, cpu).is_enabled()
+
+
+def _fp16_engine(device: str, **over):
+    cfg = TrainConfig.from_dict(dict(
+        dataset="digits", width=0.0625, epochs=1, batch_size=50, train_subset=50, val_subset=10,
+        test_subset=10, train_steps=1, eval_steps=1, lr=0.05, device=device,
+        precision="fp16") | over)
+    dev = torch.device(device)
+    data = load_run_data(cfg, dev, channels_last=False)
+    engine = _build_engine(cfg, _model_config(cfg, data), dev, torch.float16, False)
+    return data, engine
+
+
+def _overflow_step_is_skipped(device: str, fused: bool):
+    data, engine = _fp16_engine(device)
+    if fused != (device == "cuda"):  # CUDA runs use fused SGD, CPU runs the foreach one
+        engine.optimizer = torch.optim.SGD(engine.net.parameters(), lr=0.05, momentum=0.9,
+                                           weight_decay=5e-4, fused=fused)
+        zero_momentum_buffers(engine.optimizer)
+    engine.scaler = torch.amp.GradScaler(device, init_scale=2.0**100)  # the backward overflows
+    params = list(engine.net.parameters())
+    before = [p.detach().clone() for p in params]
+    row = train_one_epoch(engine, data.train, 0)  # one batch
+    assert all(torch.equal(b, p) for b, p in zip(before, params, strict=True))
+    assert row["loss_scale"] == 2.0**99  # backed off by half
+    assert torch.isfinite(torch.tensor(row["train_robust_loss"]))
+    # the skipped first step left the momentum as if nothing happened (zero), not garbage
+    assert all(torch.equal(engine.optimizer.state[p]["momentum_buffer"], torch.zeros_like(p))
+               for p in params)
+    engine.scaler = torch.amp.GradScaler(device)  # a sane scale: the step happens
+    train_one_epoch(engine, data.train, 1)
+    assert not all(torch.equal(b, p) for b, p in zip(before, params, strict=True))
+    # a first real step from zero momentum: buffer = gradient + weight decay term, finite
+    assert all(torch.isfinite(engine.optimizer.state[p]["momentum_buffer"]).all()
+               for p in params)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_the_scale_backs_off(fused):
+    _overflow_step_is_skipped("cpu", fused)
+
+
+@needs_cuda
+def test_an_fp16_step_whose_gradients_overflow_is_skipped_by_the_fused_optimizer_on_cuda():
+    _overflow_step_is_skipped("cuda", fused=True)
+
+
+def test_fp16_run_saves_the_loss_scaler_and_resumes_exactly(tmp_path):
+    cfg = dict(dataset="digits", width=0.0625, epochs=2, batch_size=50, train_subset=100,
+               val_subset=20, test_subset=20, train_steps=1, eval_steps=1, eps_255=24,
+               alpha_255=8, lr=0.05, precision="fp16")
+    straight = run_training(TrainConfig.from_dict(cfg), tmp_path / "a", progress=False)
+    assert all(r["loss_scale"] == 2.0**16 for r in straight)
+    first = run_training(TrainConfig.from_dict(cfg | {"epochs": 1}), tmp_path / "b",
+                         progress=False)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["grad_scaler"]["_growth_tracker"] == 2
+    resumed = run_training(TrainConfig.from_dict(cfg), tmp_path / "b", resume=True,
+                           progress=False)
+    ckpt = load_checkpoint(tmp_path / "b" / "last.pt")
+    assert ckpt["precision"] == "fp16" and ckpt["grad_scaler"]["_growth_tracker"] == 4
+    drop = ("train_seconds", "eval_seconds")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in first + resumed[1:]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in straight]
