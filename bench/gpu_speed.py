@@ -13,24 +13,26 @@ short table is printed at the end:
    ``torch.utils.flop_counter.FlopCounterMode`` (matmul/conv FLOPs), per image and per epoch;
 3. ``ours_epoch``: seconds per PGD-10 training epoch of PreActResNet-18 (width 1.0, batch 128)
    on 45,000 synthetic uint8 images, exactly ``harness train``'s step
-   (``harness.train.train_one_epoch``; bf16 autocast and channels_last, the CUDA defaults), and
+   (``harness.train.train_one_epoch``; fp16 autocast and channels_last, the CUDA defaults), and
    the achieved FLOP/s against the peak;
 4. ``reference``: Rice et al.'s loop (``bench.reference_loop``, fp32) timed for a few hundred
    steps, seconds per epoch *extrapolated* to 45,000 images;
-5. ``ours_fp32``: our step in fp32 (a partial epoch, extrapolated): separates what bf16 buys
+5. ``ours_fp32``: our step in fp32 (a partial epoch, extrapolated): separates what fp16 buys
    from what the loop itself buys;
-6. ``eval``: PGD-20 x 5 restarts on 10,000 images: ours (``ours_auto``: bf16 and
+6. ``eval``: PGD-20 x 5 restarts on 10,000 images: ours (``ours_auto``: fp16 and
    channels_last on CUDA, timed on all 10,000; ``ours_fp32``: the
    ``harness eval`` default, extrapolated from a subset) and the reference test loop
    (extrapolated from a subset);
-7. ``equality``: short real training runs (``harness.train.run_training``), fp32 and bf16 with
+7. ``equality``: short real training runs (``harness.train.run_training``), fp32, bf16 and fp16 with
    the same seed, and a second seed of each for the run-to-run spread; clean and robust test
    accuracy compared;
 8. ``compile``: our step under ``torch.compile`` inside the CUDA graphs (compile time reported
    separately); ``compile_max_autotune``: the same with ``--compile-mode
    max-autotune-no-cudagraphs`` (Inductor times Triton kernel candidates against cuDNN);
 9. variants of 3., one epoch each: ``ours_eager`` (no CUDA graphs), ``ours_cudnn_benchmark``,
-   ``ours_nchw`` (bf16 without channels_last);
+   ``ours_nchw`` (without channels_last), ``ours_bf16`` (bf16 autocast: PyTorch's own
+   BatchNorm kernels instead of cuDNN's), ``compile_bf16``, ``profile_bf16``; ``bn_kernels``:
+   one BatchNorm layer's forward + backward per dtype and memory format (``bench.bn_kernels``);
 10. ``profile``: the step's kernels by device time (torch.profiler), with the shares of
    convolutions and BatchNorm.
 
@@ -373,7 +375,7 @@ def eval_part(device, sizes: Sizes, images, labels, budget: Budget) -> dict[str,
 
     n = sizes.eval_images
     out: dict[str, Any] = {"images": n, "attack": "PGD-20, 5 restarts, eps 8/255, step 2/255"}
-    # "auto": bf16 autocast and channels_last on CUDA (the fast path), fp32 on a CPU
+    # "auto": fp16 autocast and channels_last on CUDA (the fast path), bf16 or fp32 on a CPU
     sub = sizes.eval_subset_fp32
     runs = [("ours_auto", lambda: ours_eval_throughput(
                 images[:n], labels[:n], device=device, width=sizes.width, repeats=1,
@@ -519,8 +521,8 @@ def compile_part(device, sizes: Sizes, images, labels, results: Results,
 
 
 PARTS = ("env", "flops", "ours_epoch", "ours_eager", "ours_cudnn_benchmark", "ours_nchw",
-         "ours_fp16", "reference", "ours_fp32", "eval", "equality", "compile", "compile_fp16",
-         "compile_max_autotune", "profile", "profile_fp16", "bn_kernels")
+         "ours_bf16", "reference", "ours_fp32", "eval", "equality", "compile", "compile_bf16",
+         "compile_max_autotune", "profile", "profile_bf16", "bn_kernels")
 
 
 def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
@@ -550,27 +552,27 @@ def run(sizes: Sizes, budget_s: float, out_dir: Path, device: torch.device,
             lambda: ours_epoch_part(device, one, images, labels, results))),
         ("ours_nchw", 20, lambda: ours_epoch_part(device, one, images, labels, results,
                                                   channels_last=False)),
-        ("ours_fp16", 20, lambda: ours_epoch_part(device, one, images, labels, results,
-                                                  precision="fp16")),
+        ("ours_bf16", 20, lambda: ours_epoch_part(device, one, images, labels, results,
+                                                  precision="bf16")),
         ("reference", 60, lambda: reference_part(device, sizes, images, labels)),
         ("ours_fp32", 20, lambda: ours_fp32_part(device, sizes, images, labels)),
         ("eval", 40, lambda: eval_part(device, sizes, images, labels, budget)),
         ("equality", 60, lambda: equality_part(device, sizes, budget, npz, tiny, data_spec)),
         ("compile", 150, lambda: compile_part(device, sizes, images, labels, results)),
-        ("compile_fp16", 150, lambda: compile_part(device, sizes, images, labels, results,
-                                                   precision="fp16")),
+        ("compile_bf16", 150, lambda: compile_part(device, sizes, images, labels, results,
+                                                   precision="bf16")),
         ("compile_max_autotune", 240, lambda: compile_part(
             device, sizes, images, labels, results, mode="max-autotune-no-cudagraphs")),
         ("profile", 20, lambda: profile_part(device, sizes, images, labels)),
-        ("profile_fp16", 20, lambda: profile_part(device, sizes, images, labels,
-                                                  precision="fp16")),
+        ("profile_bf16", 20, lambda: profile_part(device, sizes, images, labels,
+                                                  precision="bf16")),
         ("bn_kernels", 30, lambda: bn_kernels.bench(device, sizes.batch)),
     ]
     for name, needed, fn in plan:
         if parts is not None and name not in parts:
             continue
-        if name in ("ours_eager", "ours_cudnn_benchmark", "ours_nchw", "ours_fp16",
-                    "profile_fp16", "bn_kernels") and not cuda:
+        if name in ("ours_eager", "ours_cudnn_benchmark", "ours_nchw", "ours_bf16",
+                    "profile_bf16", "bn_kernels") and not cuda:
             continue
         if name.startswith("compile") and not compile:
             results.data["parts"][name] = {"skipped": "off (default off on CPU; --compile)"}
@@ -621,11 +623,11 @@ def table(results: Results) -> str:
             ("reference fp32 [extrapolated]", "reference",
              ("seconds_per_epoch_extrapolated",)),
             ("ours torch.compile", "compile", ("seconds_per_epoch", "median")),
-            ("ours torch.compile, fp16", "compile_fp16", ("seconds_per_epoch", "median")),
+            ("ours torch.compile, bf16", "compile_bf16", ("seconds_per_epoch", "median")),
             ("ours torch.compile max-autotune", "compile_max_autotune",
              ("seconds_per_epoch", "median")),
             ("ours NCHW (not channels_last)", "ours_nchw", ("seconds_per_epoch", "median")),
-            ("ours fp16 (cuDNN BatchNorm)", "ours_fp16", ("seconds_per_epoch", "median"))]
+            ("ours bf16 (PyTorch's BatchNorm)", "ours_bf16", ("seconds_per_epoch", "median"))]
     lines.append(f"{'training epoch, 45k images, PGD-10':<40}{'s/epoch':>10}{'vs ref':>9}"
                  f"{'of peak':>9}")
     ref = get("reference", "seconds_per_epoch_extrapolated")
@@ -674,7 +676,7 @@ def table(results: Results) -> str:
                     lines.append(f"  {key}: |fp32-{low}| {100 * d:.1f} pts, seed spread "
                                  f"{100 * s:.1f} pts, within: "
                                  f"{eq.get(f'{key}_{low}_within_spread')}")
-    for name in ("profile", "profile_fp16"):
+    for name in ("profile", "profile_bf16"):
         prof = p.get(name, {})
         if prof.get("top"):
             lines.append(f"{name} (eager step): {prof['total_ms_per_step']:.1f} ms per step, "

@@ -131,8 +131,9 @@ def train_command(
                                                 "train (authors' code) or eval.")] = "train",
     seed: Annotated[int, typer.Option(help="Seed of init, data order and attack starts.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA and on CPUs with "
-                                                "bf16 units, else fp32), fp32 or bf16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 autocast with loss scaling on "
+                                                "CUDA, bf16 on CPUs with bf16 units, else "
+                                                "fp32), fp32, bf16 or fp16.")] = "auto",
     channels_last: Annotated[bool | None, typer.Option(
         "--channels-last/--no-channels-last",
         help="channels_last memory format (default: on for CUDA, off on CPU).")
@@ -210,7 +211,8 @@ def eval_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the random starts.")] = 0,
-    precision: Annotated[str, typer.Option(help="fp32 (default) or bf16 autocast.")] = "fp32",
+    precision: Annotated[str, typer.Option(help="fp32 (default), bf16 or fp16 autocast, or "
+                                                "auto (as harness train).")] = "fp32",
     dataset: Annotated[str | None, typer.Option(help="Override the run's dataset.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Override the run's data_dir.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,

@@ -263,5 +263,5 @@ def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, prec
         raise BadInput(f"--alpha-255 {alpha_255} must be > 0")
     if batch_size < 1:
         raise BadInput(f"--batch-size {batch_size} must be >= 1")
-    if precision not in ("fp32", "bf16", "auto"):
-        raise BadInput(f"--precision {precision!r}; allowed: fp32, bf16, auto")
+    if precision not in ("fp32", "bf16", "fp16", "auto"):
+        raise BadInput(f"--precision {precision!r}; allowed: fp32, bf16, fp16, auto")

@@ -70,7 +70,7 @@ def test_from_dict_rejects_bad_values_with_one_line_bad_input(field, value):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_is_bf16_where_the_hardware_has_bf16_units(monkeypatch, native):
+def test_auto_precision_is_fp16_on_cuda_and_bf16_on_cpus_with_bf16_units(monkeypatch, native):
     import harness.train as train
 
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
@@ -78,8 +78,10 @@ def test_auto_precision_is_bf16_where_the_hardware_has_bf16_units(monkeypatch, n
     assert train.autocast_dtype_for("auto", cpu) == (torch.bfloat16 if native else None)
     assert train.autocast_dtype_for("fp32", cpu) is None
     assert train.autocast_dtype_for("bf16", cpu) == torch.bfloat16
-    # CUDA: bf16 for auto whatever the CPU has (no device needed to decide)
-    assert train.autocast_dtype_for("auto", torch.device("cuda")) == torch.bfloat16
+    assert train.autocast_dtype_for("fp16", cpu) == torch.float16
+    # CUDA: fp16 for auto (cuDNN's BatchNorm) whatever the CPU has (no device needed to decide)
+    assert train.autocast_dtype_for("auto", torch.device("cuda")) == torch.float16
+    assert train.autocast_dtype_for("bf16", torch.device("cuda")) == torch.bfloat16
     assert train.autocast_dtype_for("fp32", torch.device("cuda")) is None
 
 
