@@ -284,7 +284,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
                 loss = attack_loss(logits.float(), y, autocast_dtype)
                 (grad,) = torch.autograd.grad(loss, delta)
                 if autocast_dtype == torch.float16:
-                    grad = torch.nan_to_num(grad, nan=0.0)  # an fp16 overflow: no step there
+                    # an fp16 overflow: NaN takes no step, +-inf the largest float's sign
+                    grad = torch.nan_to_num(grad, nan=0.0)
                 delta = delta.detach()
                 new_delta = _project(_step(delta, grad, alpha, norm), x, eps, norm)
                 if early_stop:
