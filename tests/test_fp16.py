@@ -96,14 +96,14 @@ def test_loss_scaler_is_on_for_fp16_only():
     assert not loss_scaler(None, cpu).is_enabled()
 
 
-def _fp16_engine(device: str, **over):
+def _fp16_engine(device: str, channels_last: bool = False, **over):
     cfg = TrainConfig.from_dict(dict(
         dataset="digits", width=0.0625, epochs=1, batch_size=50, train_subset=50, val_subset=10,
         test_subset=10, train_steps=1, eval_steps=1, lr=0.05, device=device,
         precision="fp16") | over)
     dev = torch.device(device)
-    data = load_run_data(cfg, dev, channels_last=False)
-    engine = _build_engine(cfg, _model_config(cfg, data), dev, torch.float16, False)
+    data = load_run_data(cfg, dev, channels_last=channels_last)
+    engine = _build_engine(cfg, _model_config(cfg, data), dev, torch.float16, channels_last)
     return data, engine
 
 
@@ -157,3 +157,32 @@ def test_fp16_run_saves_the_loss_scaler_and_resumes_exactly(tmp_path):
     drop = ("train_seconds", "eval_seconds")
     assert [{k: v for k, v in r.items() if k not in drop} for r in first + resumed[1:]] == \
         [{k: v for k, v in r.items() if k not in drop} for r in straight]
+
+
+@needs_cuda
+def test_fp16_training_steps_never_sync_the_host_on_cuda():
+    """The loss scaler's overflow check, the fused optimizer's skip and the scale update all stay
+    on the device: between the graph capture (the first 4 calls) and the end of the epoch (which
+    reads the sums once), no step synchronizes with the host, the smaller last batch (eager)
+    included. Any synchronization raises in torch's sync debug mode "error"."""
+    data, engine = _fp16_engine("cuda", channels_last=True, train_subset=400, batch_size=32,
+                                train_steps=3)
+    assert engine.cuda_graphs and engine.scaler.is_enabled()
+    n = len(data.train)  # 12 full batches and one of 16
+    calls = []
+
+    def on_batch():
+        calls.append(1)
+        if len(calls) == 5:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        elif len(calls) == n:
+            torch.cuda.set_sync_debug_mode(0)
+
+    try:
+        row = train_one_epoch(engine, data.train, 0, on_batch=on_batch)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert len(calls) == n == 13
+    assert engine.steps()[0].stats()["replays"] >= 8
+    assert row["loss_scale"] == 2.0**16 and torch.isfinite(torch.tensor(row["train_robust_loss"]))
