@@ -318,12 +318,26 @@ def reference_part(device, sizes: Sizes, images, labels) -> dict[str, Any]:
     return out
 
 
+def kernel_kind(name: str) -> str:
+    """``"batchnorm"``, ``"convolution"`` or ``"other"`` for a kernel or operator name.
+
+    BatchNorm is matched first: cuDNN's BatchNorm kernels (``cudnn::batchnorm_fwtr_nhwc...``)
+    also carry "cudnn", which otherwise marks convolution kernels.
+    """
+    name = name.lower()
+    if any(w in name for w in ("batch_norm", "batchnorm", "bn_")):
+        return "batchnorm"
+    if any(w in name for w in ("conv", "gemm", "cudnn")):
+        return "convolution"
+    return "other"
+
+
 def profile_part(device, sizes: Sizes, images, labels, steps: int = 3,
                  top: int = 25, precision: str = "auto") -> dict[str, Any]:
     """Where a training step's device time goes: ``torch.profiler`` over ``steps`` eager steps
-    (bf16, channels_last; CUDA graphs off so that every kernel is seen), the ``top`` CUDA kernels
-    by device time (on a CPU: operators by self CPU time), and the shares of convolution and
-    BatchNorm kernels (matched by name)."""
+    (``precision``, channels_last as on CUDA; CUDA graphs off so that every kernel is seen), the
+    ``top`` CUDA kernels by device time (on a CPU: operators by self CPU time), and the shares of
+    convolution and BatchNorm kernels (:func:`kernel_kind`)."""
     from torch.profiler import ProfilerActivity, profile
 
     from harness.train import train_one_epoch
@@ -346,13 +360,12 @@ def profile_part(device, sizes: Sizes, images, labels, steps: int = 3,
     events.sort(key=lambda e: getattr(e, key), reverse=True)
     total = sum(getattr(e, key) for e in events) or 1.0
 
-    def share(words: tuple[str, ...]) -> float:
-        return sum(getattr(e, key) for e in events
-                   if any(w in e.key.lower() for w in words)) / total
+    def share(kind: str) -> float:
+        return sum(getattr(e, key) for e in events if kernel_kind(e.key) == kind) / total
 
     return {"steps": steps, "clock": key, "total_ms_per_step": total / 1e3 / steps,
-            "share_convolution": share(("conv", "gemm", "cudnn")),
-            "share_batchnorm": share(("batch_norm", "batchnorm", "bn_")),
+            "share_convolution": share("convolution"),
+            "share_batchnorm": share("batchnorm"),
             "top": [{"op": e.key[:120], "ms_per_step": getattr(e, key) / 1e3 / steps,
                      "share": getattr(e, key) / total, "calls_per_step": e.count / steps}
                     for e in events[:top]]}

@@ -158,6 +158,20 @@ def test_equality_verdict_compares_precision_gap_with_seed_spread():
     assert verdict["test_robust_acc_fp16_within_spread"] is True
 
 
+def test_kernel_kinds_count_cudnn_batchnorm_as_batchnorm_not_convolution():
+    # kernel names from the H200 profiles (docs/benchmarks.md)
+    kind = gpu_speed.kernel_kind
+    assert kind("void cudnn::batchnorm_bwtr_nhwc_semiPersist<__half, float, __half, 512>") == \
+        "batchnorm"
+    assert kind("void at::native::batch_norm_collect_statistics_channels_last_kernel") == \
+        "batchnorm"
+    assert kind("void cudnn::bn_fw_tr_1C11_kernel_NCHW<__half, float>") == "batchnorm"
+    assert kind("sm90_xmma_fprop_implicit_gemm_f16f16_f16f32_f32_nhwckrsc_nhwc") == "convolution"
+    assert kind("void cudnn::engines_precompiled::nhwcToNchwKernel<__half>") == "convolution"
+    assert kind("aten::convolution_backward") == "convolution"
+    assert kind("void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>") == "other"
+
+
 def test_gpu_speed_profile_part_accounts_for_the_step_time(images):
     """The profile part lists operators by time; conv + BatchNorm shares are fractions and the
     top entries are the convolution kernels a PreActResNet step is made of."""
