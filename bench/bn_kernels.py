@@ -78,18 +78,16 @@ def one_shape(device: torch.device, batch: int, channels: int, side: int, dtype:
             for _ in range(iters):
                 step()
         run = graph.replay
-        per_run = iters
     else:
         def run():
             for _ in range(iters):
                 step()
-        per_run = iters
     run()
     seconds = []
     for _ in range(5):
         with Stopwatch(device) as watch:
             run()
-        seconds.append(watch.seconds / per_run)
+        seconds.append(watch.seconds / iters)
     out["us"] = summarize([s * 1e6 for s in seconds])["median"]
     return out
 

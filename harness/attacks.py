@@ -90,11 +90,15 @@ def _input_gradients_only(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-def _autocast(device_type: str, dtype: torch.dtype | None):
+def autocast(device_type: str, dtype: torch.dtype | None):
+    """The autocast context of every forward in attacks, training and evaluation.
+
+    ``dtype`` None (or fp32): autocast off, so the forward runs in fp32 even inside another
+    autocast region. Otherwise autocast to ``dtype`` without the cast cache: each forward uses
+    every weight once, and CUDA graph capture (harness.graphs) does not allow the cache.
+    """
     if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    # No cast cache: each forward uses every weight once, and CUDA graph capture
-    # (harness.graphs) does not allow the cache.
+        return torch.autocast(device_type=device_type, enabled=False)
     return torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=False)
 
 
@@ -279,7 +283,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
             delta = torch.maximum(torch.minimum(delta, 1.0 - x), -x)
             for _ in range(int(steps)):
                 delta.requires_grad_(True)
-                with _autocast(device_type, autocast_dtype):
+                with autocast(device_type, autocast_dtype):
                     logits = model(x + delta)
                 loss = attack_loss(logits.float(), y, autocast_dtype)
                 (grad,) = torch.autograd.grad(loss, delta)
@@ -296,7 +300,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
             delta = delta.detach()
             if restarts == 1 and (bn_mode != "train" or not final_forward):
                 return delta
-            with torch.no_grad(), _autocast(device_type, autocast_dtype):
+            with torch.no_grad(), autocast(device_type, autocast_dtype):
                 final_loss = F.cross_entropy(model(x + delta).float(), y, reduction="none")
             take = final_loss >= best_loss
             best_delta = torch.where(take.reshape(-1, *([1] * (x.dim() - 1))), delta, best_delta)

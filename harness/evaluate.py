@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import BadInput
+from harness.attacks import attack_loss, autocast
 
 ATTACKS = ("pgd", "torchattacks-pgd", "autoattack")
 
@@ -48,12 +49,6 @@ def _batches_of(batches: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     return batches.in_order() if hasattr(batches, "in_order") else batches
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=False)
-
-
 def zero_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                          autocast_dtype: torch.dtype | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,11 +56,9 @@ def zero_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     examples of ``x`` [B, C, H, W] whose cross-entropy input gradient is exactly zero, and all
     correctly classified ones. Only those matter: a misclassified example is never robust, and
     its gradient (p - onehot) cannot vanish."""
-    from harness.attacks import attack_loss
-
     with torch.enable_grad():
         x = x.detach().float().requires_grad_(True)
-        with _autocast(x.device, autocast_dtype):
+        with autocast(x.device.type, autocast_dtype):
             logits = model(x)
         loss = attack_loss(logits.float(), y, autocast_dtype)  # the gradient the attack sees
         (grad,) = torch.autograd.grad(loss, x)
@@ -77,7 +70,7 @@ def zero_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def _stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor,
            autocast_dtype: torch.dtype | None) -> torch.Tensor:
     """Summed clean loss, clean correct, summed robust loss, robust correct (float64 [4])."""
-    with torch.no_grad(), _autocast(x.device, autocast_dtype):
+    with torch.no_grad(), autocast(x.device.type, autocast_dtype):
         clean_logits = model(x).float()
         robust_logits = model((x + delta).clamp(0.0, 1.0)).float()
     return torch.stack([

@@ -565,10 +565,9 @@ class Engine:
             zero_momentum_buffers(self.optimizer)
 
     def autocast(self):
-        if self.amp is None:
-            return torch.autocast(device_type=self.device.type, enabled=False)
-        # no cast cache: CUDA graph capture does not allow it, and each weight is used once
-        return torch.autocast(device_type=self.device.type, dtype=self.amp, cache_enabled=False)
+        from harness.attacks import autocast
+
+        return autocast(self.device.type, self.amp)
 
 
 def _attack_generator(device: torch.device, seed: int, epoch: int, stream: int) -> torch.Generator:
