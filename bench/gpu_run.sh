@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU call (at most 9 minutes): CUDA correctness tests, the speed benchmark, the Hessian
-# benchmark, a short real CIFAR-10 run and (optionally) torch.compile, each under its own time
-# limit so that one slow part cannot take the others with it.
+# benchmark, a short real CIFAR-10 run and (optionally) the attack's precision check and
+# torch.compile, each under its own time limit so that one slow part cannot take the others with it.
 #
 #   bash bench/gpu_run.sh                                  # tests, cifar, speed, hessian
 #   SECTIONS=speed SPEED_PARTS=env,flops,ours_epoch,profile bash bench/gpu_run.sh
@@ -11,12 +11,14 @@
 #   SECTIONS=tests,speed,compile SPEED_PARTS=env,flops,ours_epoch,ours_nchw,profile \
 #       COMPILE_PARTS=env,flops,compile_max_autotune COMPILE_UNTIL_S=560 bash bench/gpu_run.sh
 #   SECTIONS=cifar CIFAR_ARGS=--compile bash bench/gpu_run.sh   # extra harness train options
+#   SECTIONS=tests,precision,speed SPEED_PARTS=env,flops,ours_epoch,equality bash bench/gpu_run.sh
+#                                                          # the next call: fp16 attack fix on a GPU
 #
 # Data: the CIFAR-10 JPEG copy, from bench_data/cifar10-jpg.tar.gz when it travels with the call
 #   (tar czf bench_data/cifar10-jpg.tar.gz -C ../shared/data cifar10-jpg   # ~20 MB)
 # or from $GPU_DATA; without it the equality runs use digits and the CIFAR run is skipped.
 # Writes into $OUT: nvidia_smi.txt, pytest_cuda.txt, gpu_speed.json/.log, hessian_*.json,
-# cifar_run/ (config.json, metrics.jsonl), compile/gpu_speed.json.
+# cifar_run/ (config.json, metrics.jsonl), compile/gpu_speed.json, attack_precision.json.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out}"
@@ -51,6 +53,13 @@ if want tests; then
     else
         echo "pytest not installed here: CUDA tests skipped" | tee "$OUT/pytest_cuda.txt"
     fi
+fi
+
+if want precision; then
+    echo "[gpu_run] $(elapsed) s: the attack under bf16 and fp16 against fp32"
+    timeout -k 5 120 "$PY" bench/attack_precision.py --device cuda --n 512 --width 1 \
+        > "$OUT/attack_precision.json" 2>&1
+    tail -c 1500 "$OUT/attack_precision.json"
 fi
 
 if want cifar && [ -n "$DATA" ]; then

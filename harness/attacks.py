@@ -26,7 +26,12 @@ Differences from their code, on purpose:
 * gradients are taken with ``torch.autograd.grad(loss, delta)``, so no weight gradient is
   computed (their ``loss.backward()`` computed and discarded them, about 45% extra work);
 * the loss is summed over the batch instead of averaged: the per-example gradient direction,
-  hence every step, is the same; the sum avoids scaling gradients by 1/B;
+  hence every l_inf step, is the same; the sum avoids scaling gradients by 1/B. The l_2 step's
+  ``+ 1e-10`` in ``grad / (||grad|| + 1e-10)`` then meets a B times larger norm: steps differ
+  from theirs only where the norm of their (averaged) gradient is below about 1e-8;
+* under fp16 autocast the loss is scaled by powers of two and the input gradient unscaled
+  (:func:`attack_loss`), so that confidently classified examples do not underflow; the steps are
+  fp32's up to fp16 rounding;
 * l_2 random start is uniform in the ball (radius ``eps * U**(1/d)``); theirs draws the radius
   uniformly (``eps * U``), which concentrates starts near the centre;
 * the random start draws from ``generator`` so that runs are reproducible and resume exactly.
@@ -176,29 +181,56 @@ def _step(delta: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> t
     return delta + alpha * grad / (_per_example_norm(grad) + 1e-10)
 
 
-def attack_loss(logits: torch.Tensor, y: torch.Tensor,
-                autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The loss whose gradient the attack follows: the summed cross-entropy of fp32 ``logits``.
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """Whether a forward of ``model`` couples the examples of a batch: some BatchNorm layer
+    normalizes with batch statistics (train mode, or no running statistics kept)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and (m.training or m.running_mean is None) for m in model.modules())
 
-    Under fp16 autocast each example's term is divided by the norm of its gradient at the
-    logits, ``||softmax(z) - onehot(y)||`` (computed as autograd computes it, then detached), so
-    that the gradient entering the fp16 backward has unit norm per example. A positive
-    per-example factor changes neither the sign of the gradient (the l_inf step) nor its
-    direction (the l_2 step), so the attack is the same; without it, the gradient of a confidently
-    classified example (about 1e-6 at the logits) underflows fp16's range (smallest normal
-    6.1e-5) on its way back to the input and the attack would stall there. bf16 has fp32's
-    exponent range and fp32 needs nothing: both use the plain sum.
+
+def _power_of_two_inverse(norm: torch.Tensor) -> torch.Tensor:
+    """``2**-round(log2(norm))`` where ``norm > 0``, else 1: multiplying by it is exact. At most
+    2**100 (fp16 could not hold such a gradient's terms anyway; fp32 still holds the scale)."""
+    safe = torch.where(norm > 0, norm, torch.ones_like(norm))
+    return torch.exp2(-torch.round(torch.log2(safe)).clamp_min(-100.0))
+
+
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, autocast_dtype: torch.dtype | None = None,
+                coupled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, scale)``: the loss whose gradient the attack follows, and its scale [B].
+
+    The loss is the summed cross-entropy of fp32 ``logits`` [B, classes], times ``scale``
+    (detached): the gradient of the plain sum with respect to example ``i``'s input is the
+    loss's gradient divided by ``scale[i]``. The scale is 1 except under fp16 autocast, where
+    it keeps the gradients of the fp16 backward inside fp16's range (smallest normal 6.1e-5):
+    a confidently classified example's gradient, about 1e-6 at the logits, would otherwise
+    underflow on its way back to the input and the attack would stall there. Scales are powers
+    of two, so scaling and unscaling change no bit of a gradient that neither under- nor
+    overflows:
+
+    * ``coupled=False`` (examples independent, e.g. BatchNorm in eval mode): per example,
+      the inverse of ``||softmax(z) - onehot(y)||``, the norm of its gradient at the logits;
+    * ``coupled=True`` (BatchNorm with batch statistics: every example's input gradient takes
+      terms from every example's loss): one scale for the batch, from the largest of those
+      norms, so that the terms keep their proportions. Under ``torch.distributed`` the largest
+      norm is taken over all ranks, since synced BatchNorm couples the ranks' batches too.
+
+    bf16 has fp32's exponent range: it and fp32 use the plain sum.
     """
     per_example = F.cross_entropy(logits, y, reduction="none")
-    if autocast_dtype != torch.float16:
-        return per_example.sum()
-    with torch.no_grad():
-        g = torch.softmax(logits, dim=1)
-        g.scatter_add_(1, y[:, None], g.new_full((len(y), 1), -1.0))
-        norm = g.norm(dim=1)
-        # an exactly zero gradient stays zero (fp32 gives sign 0 there too)
-        weight = torch.where(norm > 0, 1.0 / norm.clamp_min(1e-30), torch.zeros_like(norm))
-    return (per_example * weight).sum()
+    scale = torch.ones_like(per_example)
+    if autocast_dtype == torch.float16:
+        with torch.no_grad():
+            g = torch.softmax(logits, dim=1)
+            g.scatter_add_(1, y[:, None], g.new_full((len(y), 1), -1.0))
+            norm = g.norm(dim=1)
+            if coupled:
+                norm = norm.amax().reshape(1)
+                if (torch.distributed.is_available() and torch.distributed.is_initialized()
+                        and torch.distributed.get_world_size() > 1):
+                    torch.distributed.all_reduce(norm, op=torch.distributed.ReduceOp.MAX)
+            scale = _power_of_two_inverse(norm).expand_as(per_example)
+    return (per_example * scale).sum(), scale
 
 
 def _check_args(x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
@@ -276,6 +308,8 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
         raise BadInput(f"{len(starts)} random starts given for {restarts} restarts")
     device_type = x.device.type
     with _model_mode(model, bn_mode), _input_gradients_only(model), torch.enable_grad():
+        coupled = uses_batch_statistics(model)
+        per_example = (-1, *([1] * (x.dim() - 1)))  # a [B] tensor against x's shape
         best_delta = torch.zeros_like(x)
         best_loss = torch.zeros(x.shape[0], device=x.device, dtype=torch.float32)
         for restart in range(int(restarts)):
@@ -285,16 +319,17 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
                 delta.requires_grad_(True)
                 with autocast(device_type, autocast_dtype):
                     logits = model(x + delta)
-                loss = attack_loss(logits.float(), y, autocast_dtype)
+                loss, scale = attack_loss(logits.float(), y, autocast_dtype, coupled)
                 (grad,) = torch.autograd.grad(loss, delta)
                 if autocast_dtype == torch.float16:
-                    # an fp16 overflow: NaN takes no step, +-inf the largest float's sign
-                    grad = torch.nan_to_num(grad, nan=0.0)
+                    # back to the plain sum's gradient; an fp16 overflow: NaN takes no step,
+                    # +-inf the largest float's sign
+                    grad = torch.nan_to_num(grad / scale.reshape(per_example), nan=0.0)
                 delta = delta.detach()
                 new_delta = _project(_step(delta, grad, alpha, norm), x, eps, norm)
                 if early_stop:
                     still_correct = (logits.detach().argmax(1) == y)
-                    mask = still_correct.reshape(-1, *([1] * (x.dim() - 1)))
+                    mask = still_correct.reshape(per_example)
                     new_delta = torch.where(mask, new_delta, delta)
                 delta = new_delta
             delta = delta.detach()
@@ -303,6 +338,6 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
             with torch.no_grad(), autocast(device_type, autocast_dtype):
                 final_loss = F.cross_entropy(model(x + delta).float(), y, reduction="none")
             take = final_loss >= best_loss
-            best_delta = torch.where(take.reshape(-1, *([1] * (x.dim() - 1))), delta, best_delta)
+            best_delta = torch.where(take.reshape(per_example), delta, best_delta)
             best_loss = torch.maximum(best_loss, final_loss)
     return best_delta

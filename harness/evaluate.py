@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import BadInput
-from harness.attacks import attack_loss, autocast
+from harness.attacks import attack_loss, autocast, uses_batch_statistics
 
 ATTACKS = ("pgd", "torchattacks-pgd", "autoattack")
 
@@ -60,7 +60,8 @@ def zero_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         x = x.detach().float().requires_grad_(True)
         with autocast(x.device.type, autocast_dtype):
             logits = model(x)
-        loss = attack_loss(logits.float(), y, autocast_dtype)  # the gradient the attack sees
+        # the gradient the attack sees, up to a positive factor per example
+        loss, _ = attack_loss(logits.float(), y, autocast_dtype, uses_batch_statistics(model))
         (grad,) = torch.autograd.grad(loss, x)
     correct = logits.detach().argmax(1) == y
     zero = grad.flatten(1).abs().amax(1) == 0

@@ -337,8 +337,8 @@ def loss_scaler(amp: torch.dtype | None, device: torch.device) -> torch.amp.Grad
     multiplied by the scale (initially 2**16) before the backward; a step whose gradients
     overflow is skipped and the scale halved, and 2000 clean steps in a row double it. With the
     fused SGD used on CUDA, the check, the unscaling and the skip happen on the device (no host
-    sync, so the step still replays from a CUDA graph). The attack needs no scaler:
-    :func:`harness.attacks.attack_loss` normalizes its gradients per example.
+    sync, so the step still replays from a CUDA graph). The attack has its own scaling:
+    :func:`harness.attacks.attack_loss`.
     """
     return torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 

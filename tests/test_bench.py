@@ -184,3 +184,15 @@ def test_gpu_speed_profile_part_accounts_for_the_step_time(images):
     results = gpu_speed.Results(Path("/nonexistent/never_written.json"))
     results.data["parts"]["profile"] = out
     assert "profile (eager step)" in gpu_speed.table(results)
+
+
+def test_attack_precision_bench_reports_agreement_with_fp32_per_mode_and_variant():
+    from bench.attack_precision import compare_attack_precisions
+
+    out = compare_attack_precisions(n=16, width=0.0625, train_steps=2, steps=2)
+    for mode in ("eval", "train"):
+        assert set(out[mode]) == {"fp32", "bf16", "fp16", "fp16_per_example"}
+        assert out[mode]["fp32"]["equal_to_fp32"] == 1.0
+        assert all(0.0 <= v["robust_acc"] <= 1.0 for v in out[mode].values())
+    # eval mode couples no examples: the per-example baseline is the same attack
+    assert out["eval"]["fp16_per_example"] == out["eval"]["fp16"]

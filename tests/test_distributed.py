@@ -104,11 +104,20 @@ def test_cross_rank_batchnorm_is_plain_batchnorm_in_one_process():
 # --- two processes ---------------------------------------------------------------------------
 
 
+def _coupled_logits() -> tuple[torch.Tensor, torch.Tensor]:
+    """Confident rows (gradient norm ~1e-8) but for row 0 (uniform logits, norm ~0.95), which
+    rank 0 gets: alone, rank 1 would pick a scale of about 2**27."""
+    labels = torch.arange(8) % 10
+    logits = 20.0 * F.one_hot(labels, 10).float()
+    logits[0] = 0.0
+    return logits, labels
+
+
 def _worker(rank: int, store: str, out_dir: str) -> None:
     """Runs in each spawned process: BatchNorm and evaluation checks; pickles the results."""
     import torch.distributed as dist
 
-    from harness.attacks import pgd
+    from harness.attacks import attack_loss, pgd
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
@@ -135,6 +144,10 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
     out["eval"] = hd.evaluate_sharded(
         eval_net, _ListBatches(xe, ye, 5), ctx, eps=8 / 255, alpha=2 / 255, steps=3,
         restarts=2, generator=torch.Generator().manual_seed(9))
+    # 4. fp16 attack-loss scale of a batch coupled across ranks: one, from all ranks' gradients
+    logits, labels = _coupled_logits()
+    out["coupled_scale"] = attack_loss(logits[rank::WORLD], labels[rank::WORLD], torch.float16,
+                                       coupled=True)[1]
     Path(out_dir, f"rank{rank}.pkl").write_bytes(pickle.dumps(out))
     dist.destroy_process_group()
 
@@ -174,6 +187,17 @@ def test_train_mode_attack_with_synced_batchnorm_matches_one_process(two_rank_re
                 generator=torch.Generator().manual_seed(3))
     for rank, result in enumerate(two_rank_results):
         torch.testing.assert_close(result["attack"], whole[rank::WORLD], rtol=0, atol=1e-6)
+
+
+def test_fp16_attack_loss_scale_of_a_coupled_batch_is_shared_by_all_ranks(two_rank_results):
+    from harness.attacks import attack_loss
+
+    logits, labels = _coupled_logits()
+    whole = attack_loss(logits, labels, torch.float16, coupled=True)[1]
+    alone = attack_loss(logits[1::WORLD], labels[1::WORLD], torch.float16, coupled=True)[1]
+    assert whole[0] == 1.0 and alone[0] > 2.0**20  # what rank 1 would use without the others
+    for rank, result in enumerate(two_rank_results):
+        assert torch.equal(result["coupled_scale"], whole[rank::WORLD])
 
 
 def test_sharded_evaluation_equals_one_process_evaluation(two_rank_results):

@@ -4,11 +4,13 @@ runs there too, slowly); the fused-optimizer skip on CUDA has its own test."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.attacks import attack_loss, pgd
+from harness.attacks import attack_loss, pgd, uses_batch_statistics
 from harness.checkpoint import load_checkpoint
 from harness.train import (
     TrainConfig,
@@ -25,24 +27,47 @@ from harness.train import (
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-def _logit_grad(logits, y, dtype):
+def _logit_grad(logits, y, dtype, coupled=False):
     z = logits.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(attack_loss(z, y, dtype), z)
-    return g
+    loss, scale = attack_loss(z, y, dtype, coupled)
+    (g,) = torch.autograd.grad(loss, z)
+    return g, scale
 
 
-def test_fp16_attack_loss_gradient_is_the_cross_entropy_gradient_normalized_per_example():
+def _confidence_ladder():
     torch.manual_seed(0)
-    logits = torch.randn(16, 10) * torch.logspace(-1, 1.5, 16)[:, None]  # up to very confident
-    y = torch.randint(0, 10, (16,))
-    plain = _logit_grad(logits, y, None)
+    logits = torch.randn(16, 10) * torch.logspace(-1, 1.5, 16)[:, None]
+    y = logits.argmax(1)  # correct, from unsure to very confident
+    y[:3] = (y[:3] + 1) % 10  # and a few misclassified
+    return logits, y
+
+
+def test_fp16_attack_loss_scales_each_example_gradient_to_about_unit_norm_by_a_power_of_two():
+    logits, y = _confidence_ladder()
+    plain, one = _logit_grad(logits, y, None)
     assert torch.allclose(plain, torch.softmax(logits, 1) - F.one_hot(y, 10), atol=1e-6)
-    assert torch.equal(_logit_grad(logits, y, torch.bfloat16), plain)  # bf16: the plain sum
-    g = _logit_grad(logits, y, torch.float16)
-    torch.testing.assert_close(g.norm(dim=1), torch.ones(16))
-    torch.testing.assert_close(g, plain / plain.norm(dim=1, keepdim=True))
-    # the loss value itself stays finite and positive
-    assert torch.isfinite(attack_loss(logits, y, torch.float16))
+    assert torch.equal(one, torch.ones(16))
+    assert torch.equal(_logit_grad(logits, y, torch.bfloat16)[0], plain)  # bf16: the plain sum
+    g, scale = _logit_grad(logits, y, torch.float16)
+    assert torch.equal(torch.exp2(torch.log2(scale).round()), scale)  # powers of two
+    assert scale.max() > 2.0**10  # the ladder reaches very confident examples
+    norms = g.norm(dim=1)
+    assert bool(((norms >= 2**-0.5) & (norms <= 2**0.5)).all()), norms
+    assert torch.equal(g / scale[:, None], plain)  # unscaling is exact
+    # the loss value itself stays finite
+    assert torch.isfinite(attack_loss(logits, y, torch.float16)[0])
+
+
+def test_fp16_attack_loss_of_a_coupled_batch_uses_one_scale_set_by_its_largest_gradient():
+    logits, y = _confidence_ladder()
+    plain, _ = _logit_grad(logits, y, None)
+    g, scale = _logit_grad(logits, y, torch.float16, coupled=True)
+    assert torch.equal(scale, scale[:1].expand(16)) and scale[0] == 1.0  # largest norm ~1
+    assert torch.equal(g / scale[:, None], plain)
+    _, scale = _logit_grad(logits[-4:], y[-4:], torch.float16, coupled=True)  # all confident
+    largest = plain[-4:].norm(dim=1).max()
+    assert largest < 0.2 and torch.equal(scale, scale[:1].expand(4))
+    assert 2**-0.5 <= (largest * scale[0]).item() <= 2**0.5
 
 
 def test_fp16_attack_loss_leaves_an_exactly_zero_gradient_zero():
@@ -50,9 +75,63 @@ def test_fp16_attack_loss_leaves_an_exactly_zero_gradient_zero():
     logits[0, 3] = 200.0  # softmax is one-hot in fp32: the gradient is exactly zero
     logits[1, 5] = 2.0
     y = torch.tensor([3, 1])
-    g = _logit_grad(logits, y, torch.float16)
+    g, scale = _logit_grad(logits, y, torch.float16)
     assert torch.equal(g[0], torch.zeros(10)) and torch.isfinite(g).all()
-    assert g[1].norm().item() == pytest.approx(1.0)
+    assert scale[0] == 1.0 and 2**-0.5 <= g[1].norm().item() <= 2**0.5
+
+
+def test_uses_batch_statistics_is_true_exactly_when_a_batchnorm_normalizes_by_the_batch():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert uses_batch_statistics(net.train()) and not uses_batch_statistics(net.eval())
+    no_running = torch.nn.Sequential(torch.nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    assert uses_batch_statistics(no_running)
+    assert not uses_batch_statistics(torch.nn.Linear(3, 2).train())
+
+
+def _confident_bn_net():
+    """conv - BatchNorm - ReLU - linear, with logits scaled up so that confidences spread from
+    uncertain to near-certain: per-example scales differ by orders of magnitude."""
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(6 * 16, 10))
+    with torch.no_grad():
+        net[4].weight.mul_(30.0)
+        net[1].momentum = 1.0  # running statistics from one batch: eval mode is as confident
+        net(torch.rand(64, 3, 4, 4))
+        net[1].momentum = 0.1
+    return net
+
+
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fp16_attack_scaling_leaves_every_step_as_fp32_takes_it(monkeypatch, bn_mode, norm):
+    """With fp16's loss scaling but fp32 arithmetic (autocast off), the attack is the fp32
+    attack bit for bit, BatchNorm coupling the batch (train) or not (eval). Scaling each example
+    of a coupled batch on its own would change the steps: the check below shows it does."""
+    import harness.attacks as attacks
+
+    x = torch.rand(24, 3, 4, 4)
+    with torch.no_grad():
+        logits = _confident_bn_net().train(bn_mode == "train")(x)
+    y = logits.argmax(1)  # mostly correct, at confidences from unsure to near-certain
+    y[:4] = (y[:4] + 1) % 10
+    wrong = 1 - torch.softmax(logits, 1)[torch.arange(24), y]
+    assert wrong.max() / wrong.min() > 1e3
+    kw = dict(eps=0.3 if norm == "l2" else 8 / 255, alpha=0.1 if norm == "l2" else 2 / 255,
+              steps=3, norm=norm, bn_mode=bn_mode)
+
+    def attack(dtype):
+        net = _confident_bn_net()  # fresh: a train-mode attack moves running statistics
+        return pgd(net, x, y, autocast_dtype=dtype, generator=torch.Generator().manual_seed(5),
+                   **kw)
+
+    monkeypatch.setattr(attacks, "autocast", lambda device_type, dtype: contextlib.nullcontext())
+    reference = attack(None)
+    assert torch.equal(attack(torch.float16), reference)
+    if bn_mode == "train":  # per-example scales on a coupled batch: other steps
+        monkeypatch.setattr(attacks, "uses_batch_statistics", lambda model: False)
+        assert not torch.equal(attack(torch.float16), reference)
 
 
 class _Confident(torch.nn.Module):

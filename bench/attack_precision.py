@@ -1,0 +1,103 @@
+"""How closely the attack under bf16 and fp16 autocast follows the fp32 attack; prints JSON.
+
+For BatchNorm in eval mode (evaluation) and in train mode (the training attack), PGD-10 at
+eps 8/255 from the same random starts, in fp32, bf16 and fp16: the share of perturbation entries
+equal to fp32's, and the robust accuracy (eval-mode model) each attack leaves. The baseline in the
+same run, ``fp16_per_example``, is fp16 with each example's loss scaled on its own even when
+BatchNorm couples the batch (what ``harness.attacks.attack_loss`` did before it scaled a coupled
+batch as one): in train mode every example's input gradient then mixes the other examples'
+terms in the wrong proportions.
+
+The model is a small PreActResNet-18 trained for a few clean steps on scikit-learn's digits
+(embedded, offline), so that some examples are confidently classified::
+
+    python bench/attack_precision.py                  # CPU, 128 images, width 1/8 (~40 s)
+    python bench/attack_precision.py --device cuda --n 512 --width 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+VARIANTS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
+            "fp16_per_example": torch.float16}
+
+
+def _digits_model(n: int, width: float, train_steps: int, device: torch.device):
+    from harness.data import open_source
+    from harness.models import build_model, model_config
+
+    source = open_source("digits")
+    x = (source.images("train", list(range(n))).float() / 255).to(device)
+    y = torch.as_tensor(source.labels("train")[:n]).to(device)
+    torch.manual_seed(0)
+    net = build_model(model_config(width=width, in_channels=x.shape[1])).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(train_steps):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net, x, y
+
+
+def compare_attack_precisions(n: int = 128, width: float = 0.125, train_steps: int = 25,
+                              steps: int = 10, device: str = "cpu") -> dict[str, Any]:
+    """Per BatchNorm mode and variant: share of delta entries equal to fp32's, robust accuracy."""
+    import harness.attacks as attacks
+
+    dev = torch.device(device)
+    net, x, y = _digits_model(n, width, train_steps, dev)
+    out: dict[str, Any] = {"n": n, "width": width, "clean_train_steps": train_steps,
+                           "pgd_steps": steps, "device": str(dev), "torch": torch.__version__}
+    for bn_mode in ("eval", "train"):
+        deltas = {}
+        for name, dtype in VARIANTS.items():
+            model = copy.deepcopy(net)  # a train-mode attack moves running statistics
+            per_example = name == "fp16_per_example"
+            saved = attacks.uses_batch_statistics
+            if per_example:
+                attacks.uses_batch_statistics = lambda module: False
+            try:
+                deltas[name] = attacks.pgd(
+                    model, x, y, eps=8 / 255, alpha=2 / 255, steps=steps, bn_mode=bn_mode,
+                    generator=torch.Generator(device=dev).manual_seed(1), autocast_dtype=dtype)
+            finally:
+                attacks.uses_batch_statistics = saved
+        net.eval()
+        with torch.no_grad():
+            out[bn_mode] = {
+                name: {"equal_to_fp32": round((d == deltas["fp32"]).float().mean().item(), 4),
+                       "robust_acc": round((net(x + d).argmax(1) == y).float().mean().item(), 4)}
+                for name, d in deltas.items()}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=128, help="digits training images attacked")
+    parser.add_argument("--width", type=float, default=0.125, help="PreActResNet-18 width")
+    parser.add_argument("--train-steps", type=int, default=25, help="clean SGD steps first")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(json.dumps(compare_attack_precisions(args.n, args.width, args.train_steps,
+                                               device=args.device), indent=2))
+
+
+if __name__ == "__main__":
+    main()
