@@ -202,8 +202,10 @@ def eval_command(
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
     restarts: Annotated[int, typer.Option(help="PGD restarts (worst case kept per example).")
                         ] = 5,
-    eps_255: Annotated[float, typer.Option(help="Attack radius in 1/255 units.")] = 8.0,
-    alpha_255: Annotated[float, typer.Option(help="PGD step in 1/255 units.")] = 2.0,
+    eps_255: Annotated[float | None, typer.Option(
+        help="Attack radius in 1/255 units (default: the run's; 8 for the paper).")] = None,
+    alpha_255: Annotated[float | None, typer.Option(
+        help="PGD step in 1/255 units (default: the run's; 2 for the paper).")] = None,
     norm: Annotated[str | None, typer.Option(help="linf or l2 (default: the run's).")] = None,
     attack: Annotated[str, typer.Option(help="pgd (ours), torchattacks-pgd (cross-check) or "
                                              "autoattack (torchattacks' standard AutoAttack).")
@@ -234,7 +236,7 @@ def eval_command(
         f"{attack} {result['norm']} {steps} steps x {result['restarts']} restarts")
     print(f"{ckpt} (epoch {result['epoch']}), {result['n']} test images: clean "
           f"{100 * result['clean_acc']:.2f}%, robust {100 * result['robust_acc']:.2f}% "
-          f"[{what}, eps {eps_255:g}/255, {result['seconds']:.1f}s]")
+          f"[{what}, eps {result['eps_255']:g}/255, {result['seconds']:.1f}s]")
     _write_json(json_path, result)
 
 

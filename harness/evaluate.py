@@ -185,8 +185,9 @@ def torchattacks_perturb(model: nn.Module, attack: str, *, eps: float, alpha: fl
 
 
 def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 20,
-                        restarts: int = 5, eps_255: float = 8.0, alpha_255: float = 2.0,
-                        norm: str | None = None, attack: str = "pgd", device: str = "auto",
+                        restarts: int = 5, eps_255: float | None = None,
+                        alpha_255: float | None = None, norm: str | None = None,
+                        attack: str = "pgd", device: str = "auto",
                         batch_size: int = 256, seed: int = 0, precision: str = "fp32",
                         dataset: str | None = None, data_dir: str | None = None,
                         on_batch: Callable[[], None] | None = None,
@@ -194,9 +195,11 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     """``harness eval``: clean and robust accuracy of a checkpoint on its test set.
 
     The model comes from the checkpoint alone; the data from its ``train_config`` (``dataset``,
-    ``data_dir`` override it). ``n`` test images (a class-balanced subset drawn with the run's
-    split seed; all when None). ``on_start(num_batches)`` and ``on_batch()`` drive a progress
-    bar. Returns a JSON-able dict with the settings and ``clean_acc``, ``robust_acc``, losses.
+    ``data_dir`` override it), and so do the threat model's ``norm``, ``eps_255`` and
+    ``alpha_255`` when not given (else l_inf, 8 and 2, the paper's). ``n`` test images (a
+    class-balanced subset drawn with the run's split seed; all when None).
+    ``on_start(num_batches)`` and ``on_batch()`` drive a progress bar. Returns a JSON-able dict
+    with the settings and ``clean_acc``, ``robust_acc``, losses.
     """
     from harness.attacks import normalize_norm_name
     from harness.checkpoint import load_model
@@ -210,6 +213,9 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     model, payload = load_model(ckpt, device=dev)
     train_config = payload.get("train_config") or {}
     norm = normalize_norm_name(norm or train_config.get("norm", "linf"))
+    eps_255 = _run_number(eps_255, train_config, "eps_255", 8.0)
+    alpha_255 = _run_number(alpha_255, train_config, "alpha_255", 2.0)
+    _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision)
     if attack != "pgd" and norm != "linf":
         raise BadInput(f"--attack {attack} supports only the linf norm here")
     spec = dataset or train_config.get("dataset")
@@ -244,16 +250,28 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
             "seconds": round(time.perf_counter() - started, 3), **result}
 
 
+def _run_number(given: float | None, train_config: dict, key: str, default: float) -> float:
+    """``given``, else the run's setting (from the checkpoint), else ``default``."""
+    if given is not None:
+        return given
+    value = train_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        option = "--" + key.replace("_", "-")
+        raise BadInput(f"the checkpoint's {key}={value!r} is not a number; pass {option}")
+    return float(value)
+
+
 def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision) -> None:
+    """Raise BadInput for the first bad number (``eps_255``, ``alpha_255``: None is the run's)."""
     if n is not None and n < 1:
         raise BadInput(f"--n {n} must be >= 1")
     if steps < 1:
         raise BadInput(f"--steps {steps} must be >= 1")
     if restarts < 1:
         raise BadInput(f"--restarts {restarts} must be >= 1")
-    if not eps_255 >= 0:
+    if eps_255 is not None and not eps_255 >= 0:
         raise BadInput(f"--eps-255 {eps_255} must be >= 0")
-    if not alpha_255 > 0:
+    if alpha_255 is not None and not alpha_255 > 0:
         raise BadInput(f"--alpha-255 {alpha_255} must be > 0")
     if batch_size < 1:
         raise BadInput(f"--batch-size {batch_size} must be >= 1")

@@ -82,7 +82,8 @@ ATTACK_BN_MODES = ("train", "eval")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
 
-# Settings that may change when resuming: they do not change what is computed.
+# Settings that may change when resuming: they do not change what is computed (epochs: unless it
+# moves an auto learning-rate milestone the trained epochs have passed, _check_resume_config).
 RESUMABLE_CHANGES = ("epochs", "device", "sync_bn", "compile", "compile_mode", "cuda_graphs",
                      "save_every", "hessian_every", "hessian_examples", "data_dir", "download",
                      "eval_batch_size")
@@ -408,6 +409,10 @@ def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool,
     train_labels = source.labels("train")
     test_labels = source.labels("test")
     train_idx, val_idx = split_train_val(len(train_labels), cfg.val_fraction, cfg.split_seed)
+    if len(val_idx) == 0:  # the best checkpoint is chosen on validation
+        raise BadInput(f"val_fraction={cfg.val_fraction} of {len(train_labels)} training images "
+                       f"leaves no validation image; allowed: more than "
+                       f"0.5/{len(train_labels)}")
     if cfg.train_subset is not None:
         train_idx = stratified_subset(train_labels, train_idx, cfg.train_subset, cfg.split_seed)
     if cfg.val_subset is not None:
@@ -769,7 +774,7 @@ def _restore_rng(state: Mapping[str, Any], device: torch.device) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
 
 
-def _check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any]) -> None:
+def _check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any], epochs_done: int) -> None:
     current = cfg.to_dict()
     for key, value in stored.items():
         if key in RESUMABLE_CHANGES or key not in current:
@@ -777,6 +782,16 @@ def _check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any]) -> None:
         if current[key] != value:
             raise BadInput(f"--resume: setting {key}={current[key]!r} differs from the run's "
                            f"{value!r}; only {', '.join(RESUMABLE_CHANGES)} may change")
+    # "auto" milestones follow the epochs: a new epoch count must not move a milestone that
+    # the epochs already trained have passed (their learning rates would not be those recorded)
+    if cfg.lr_milestones is None and stored.get("epochs", cfg.epochs) != cfg.epochs:
+        before = dataclasses.replace(cfg, epochs=int(stored["epochs"])).milestones()
+        passed = [m for m in before if m <= epochs_done]
+        if passed != [m for m in cfg.milestones() if m <= epochs_done]:
+            raise BadInput(
+                f"--resume: epochs={cfg.epochs} moves the auto learning-rate milestones to "
+                f"{cfg.milestones()}, but the {epochs_done} epochs trained already passed "
+                f"{passed}; keep epochs={stored['epochs']} or start a new run")
 
 
 def _model_config(cfg: TrainConfig, data: RunData) -> dict[str, Any]:
@@ -886,7 +901,7 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out_dir / "last.pt")
-        _check_resume_config(cfg, ckpt.get("train_config", {}))
+        _check_resume_config(cfg, ckpt.get("train_config", {}), int(ckpt["epoch"]))
     dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
     main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)

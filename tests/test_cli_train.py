@@ -11,7 +11,7 @@ from harness.cli_train import default_run_name
 
 TINY = ["--dataset", "digits", "--width", "0.0625", "--batch-size", "50", "--train-subset",
         "100", "--val-subset", "20", "--test-subset", "20", "--train-steps", "1",
-        "--eval-steps", "1", "--eps-255", "16", "--alpha-255", "8", "--lr-milestones", "auto",
+        "--eval-steps", "1", "--eps-255", "16", "--alpha-255", "8", "--lr-milestones", "10",
         "--no-progress"]
 
 

@@ -88,6 +88,14 @@ def test_eval_command_path_runs_ours_and_torchattacks_on_a_checkpoint(digits_ckp
     assert ours["restarts"] == 2 and theirs["restarts"] == 1
 
 
+def test_eval_attacks_with_the_run_threat_model_unless_told_otherwise(digits_ckpt):
+    common = dict(n=20, steps=1, restarts=1, device="cpu")
+    run = evaluate_checkpoint(digits_ckpt, **common)  # trained at eps 16/255, step 8/255
+    assert (run["norm"], run["eps_255"], run["alpha_255"]) == ("linf", 16.0, 8.0)
+    told = evaluate_checkpoint(digits_ckpt, eps_255=4.0, alpha_255=1.0, **common)
+    assert (told["eps_255"], told["alpha_255"]) == (4.0, 1.0)
+
+
 def test_eps_zero_gives_clean_accuracy_exactly(digits_ckpt):
     from harness.checkpoint import load_model
 

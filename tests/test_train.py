@@ -125,6 +125,14 @@ def test_batch_larger_than_training_set_is_bad_input_and_writes_nothing(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_validation_fraction_that_rounds_to_no_image_is_bad_input_and_writes_nothing(tmp_path):
+    with pytest.raises(BadInput, match=r"val_fraction=0.0001 of 1438 training images leaves no "
+                                       r"validation image; allowed: more than 0.5/1438"):
+        run_training(_digits_cfg(val_fraction=1e-4, val_subset=None), tmp_path / "run",
+                     progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_split_is_reproducible_and_recorded(tmp_path):
     cfg = _digits_cfg()
     a = load_run_data(cfg, torch.device("cpu"), False)
@@ -259,3 +267,30 @@ def test_a_run_in_one_precision_records_no_precision_changes(straight_run):
     out, _ = straight_run
     assert "precision_changes" not in json.loads((out / "config.json").read_text())["resolved"]
     assert load_checkpoint(out / "last.pt")["precision_changes"] == []
+
+
+def test_resume_refuses_new_epochs_that_move_an_auto_milestone_already_passed(tmp_path):
+    auto = dict(lr_milestones=None, precision="fp32")
+    run_training(_digits_cfg(epochs=2, **auto), tmp_path / "a", progress=False)  # milestones 1, 1.5
+    before = (tmp_path / "a" / "metrics.jsonl").read_bytes()
+    with pytest.raises(BadInput, match=r"epochs=4 moves the auto learning-rate milestones to "
+                                       r"\[2.0, 3.0\].*passed \[1.0, 1.5\]"):
+        run_training(_digits_cfg(epochs=4, **auto), tmp_path / "a", resume=True, progress=False)
+    assert (tmp_path / "a" / "metrics.jsonl").read_bytes() == before
+    # one epoch of eight (milestones 4, 6) is before both old and new milestones (5, 7.5): fine
+
+    def stop_after(epoch):
+        def log(line):
+            if line.startswith(f"epoch {epoch:3d}/"):
+                raise KeyboardInterrupt
+        return log
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_digits_cfg(epochs=8, **auto), tmp_path / "b", progress=False,
+                     log=stop_after(1))
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_digits_cfg(epochs=10, **auto), tmp_path / "b", resume=True,
+                     progress=False, log=stop_after(2))
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
+    resolved = json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]
+    assert resolved["lr_milestones"] == [5.0, 7.5]
