@@ -9,7 +9,9 @@ Files read (all optional except ``metrics.jsonl``):
 * ``DONE``: the run finished.
 * ``eval_last.json`` / ``eval_best.json``: ``harness eval --ckpt RUN/last.pt --json ...`` on the
   last / best-validation checkpoint (the paper reports PGD-20 with 5 restarts). Preferred over
-  the per-epoch numbers when present.
+  the per-epoch numbers when present and of the right epoch: a file whose ``epoch`` is not the
+  run's last (``eval_last``) or best-validation (``eval_best``) epoch was made before the run
+  went on; it is not used, and :attr:`RunData.stale_evals` says so.
 * ``hessian_curve.json``: ``curvtools hessian --ckpt RUNDIR --json RUNDIR/hessian_curve.json``
   over the saved ``epoch_NNNN.pt`` checkpoints; see :func:`hessian_points`.
 
@@ -69,6 +71,7 @@ class RunData:
     eval_last: dict[str, Any] | None = None
     eval_best: dict[str, Any] | None = None
     hessian_curve: Any = None
+    stale_evals: list[str] = field(default_factory=list)  # eval files of another epoch, unused
 
     @property
     def epochs_done(self) -> int:
@@ -132,13 +135,18 @@ def load_run(path: str | Path) -> RunData | None:
     if not rows:
         return None
     config = _read_json(path / "config.json")
-    return RunData(
-        path=path, rows=rows, config=config if isinstance(config, dict) else {},
-        done=(path / "DONE").exists(),
-        eval_last=_read_eval(path / "eval_last.json"),
-        eval_best=_read_eval(path / "eval_best.json"),
-        hessian_curve=_read_json(path / "hessian_curve.json"),
-    )
+    run = RunData(path=path, rows=rows, config=config if isinstance(config, dict) else {},
+                  done=(path / "DONE").exists(),
+                  hessian_curve=_read_json(path / "hessian_curve.json"))
+    for name, epoch in (("eval_last", run.epochs_done), ("eval_best", run.best_val_epoch)):
+        info = _read_eval(path / f"{name}.json")
+        if info is not None and info["epoch"] is not None and info["epoch"] != epoch:
+            run.stale_evals.append(f"{info['file']} is of epoch {info['epoch']}, the run's "
+                                   f"{'last' if name == 'eval_last' else 'best-val'} epoch is "
+                                   f"{epoch}")
+            info = None
+        setattr(run, name, info)
+    return run
 
 
 _ROBUST_KEYS = ("test_robust_acc", "robust_acc", "adv_acc", "robust_accuracy")
@@ -155,15 +163,18 @@ def _find(data: dict[str, Any], keys: tuple[str, ...]) -> float | None:
 
 
 def _read_eval(path: Path) -> dict[str, Any] | None:
-    """``{"robust_acc", "clean_acc", "attack"}`` from a ``harness eval --json`` file, or None."""
+    """``{"robust_acc", "clean_acc", "attack", "file", "epoch"}`` from a ``harness eval --json``
+    file (``epoch`` None when the file does not say), or None."""
     data = _read_json(path)
     if not isinstance(data, dict):
         return None
     robust, clean = _find(data, _ROBUST_KEYS), _find(data, _CLEAN_KEYS)
     if robust is None and clean is None:
         return None
+    epoch = data.get("epoch")
     return {"robust_acc": robust, "clean_acc": clean, "attack": describe_attack(data),
-            "file": path.name}
+            "file": path.name,
+            "epoch": epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None}
 
 
 def describe_attack(data: dict[str, Any]) -> str:

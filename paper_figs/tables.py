@@ -89,6 +89,7 @@ def run_numbers(run: RunData) -> tuple[dict[str, dict[str, float | None]], dict[
                               if run.eval_last else "metrics.jsonl (per-epoch eval attack)"),
         "best_val_source": (f"{run.eval_best['file']} ({run.eval_best['attack']})"
                             if run.eval_best else "metrics.jsonl (per-epoch eval attack)"),
+        "stale_evals": "; ".join(run.stale_evals),
         "regime": fit_regime(ours["standard"]["final_train"]),
         "run_dir": str(run.path),
         "dataset": _dataset(run.config),
@@ -162,6 +163,7 @@ def to_markdown(title: str, first_column: str, lines: list[TableLine],
     head += ["Train clean / robust", "Regime", "Epochs", "Best-val epoch"]
     out = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     marks: list[str] = []
+    stale: list[str] = []
     for ln in lines:
         cells = [ln.group, ln.label]
         for kind in KINDS:
@@ -181,6 +183,8 @@ def to_markdown(title: str, first_column: str, lines: list[TableLine],
                     m["best_val_source"].startswith("eval_"):
                 marks.append(f"{ln.group} {ln.label}: Final Test from {m['final_test_source']}, "
                              f"Best Val from {m['best_val_source']}")
+            if m.get("stale_evals"):
+                stale.append(f"{ln.group} {ln.label}: {m['stale_evals']}")
         else:
             cells += ["—", "missing", "—", "—"]
         out.append("| " + " | ".join(cells) + " |")
@@ -201,6 +205,9 @@ def to_markdown(title: str, first_column: str, lines: list[TableLine],
         out.append("All numbers come from metrics.jsonl (the run's per-epoch evaluation attack, "
                    "not the paper's PGD-20x5 report; run `harness eval` to add eval_last.json "
                    "/ eval_best.json).")
+    if stale:
+        out.append("Not used, made before the run went on (rerun `harness eval`): "
+                   + "; ".join(stale) + ".")
     return "\n".join(out) + "\n"
 
 
@@ -222,7 +229,7 @@ def write_csv(path: Path, lines: list[TableLine], columns: tuple[str, ...]) -> N
         fields += [f"{who}_{kind}_{c}" for kind in KINDS for c in columns]
     meta_keys = ["epochs_done", "epochs_total", "finished", "best_val_epoch",
                  "best_val_robust_acc_on_val", "regime", "final_test_source", "best_val_source",
-                 "dataset", "run_dir"]
+                 "stale_evals", "dataset", "run_dir"]
     fields += meta_keys
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)

@@ -150,6 +150,32 @@ def test_eval_json_is_preferred_for_final_test_and_footnoted(tmp_path):
     assert "eval_last.json (PGD-20x5)" in (tmp_path / "out" / "table1.md").read_text()
 
 
+def test_an_eval_json_of_an_earlier_epoch_is_not_used_and_says_so(tmp_path):
+    from paper_figs.rundir import load_run
+
+    populate(tmp_path / "runs")
+    relu = run_dir(tmp_path / "runs", "paper", "table1-cifar10", "relu")
+    run = load_run(relu)
+    last, best = run.epochs_done, run.best_val_epoch
+    per_epoch = run.final("test_robust_acc")
+    for epoch, used in ((last, True), (last - 1, False)):
+        (relu / "eval_last.json").write_text(json.dumps(
+            {"robust_acc": 0.4321, "clean_acc": 0.8765, "steps": 20, "restarts": 5,
+             "epoch": epoch}))
+        (relu / "eval_best.json").write_text(json.dumps(
+            {"robust_acc": 0.1234, "clean_acc": 0.5, "epoch": best if used else best + 1}))
+        ctx = Context(tmp_path / "runs", tmp_path / "out")
+        line = next(ln for ln in table1_lines(ctx) if ln.run == "table1-cifar10/relu")
+        expected = 43.21 if used else 100 * per_epoch
+        assert line.ours["robust"]["final_test"] == pytest.approx(expected)
+        assert (line.ours["robust"]["best_val"] == pytest.approx(12.34)) == used
+        assert bool(line.meta["stale_evals"]) != used
+    render_all(ctx, only=["table1"])
+    md = (tmp_path / "out" / "table1.md").read_text()
+    assert f"eval_last.json is of epoch {last - 1}, the run's last epoch is {last}" in md
+    assert f"eval_best.json is of epoch {best + 1}, the run's best-val epoch is {best}" in md
+
+
 def test_missing_runs_are_reported_not_raised(tmp_path, fake_plot):
     populate(tmp_path / "runs", skip=("table1-cifar10/silu", "table3-leakyrelu/k0.3"))
     results = {r.name: r for r in render_all(Context(tmp_path / "runs", tmp_path / "out"))}
