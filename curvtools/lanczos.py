@@ -10,15 +10,16 @@ Algorithm (per example, all examples in lock-step):
 
 - Lanczos with full reorthogonalization (classical Gram-Schmidt applied twice against the whole
   basis, stored as [B, m, n], done with batched matmuls); the tridiagonal T is kept in float64.
-- Breakdown: when the new residual norm beta_j <= sqrt(eps) * (running scale of |alpha|, beta), the
-  Krylov space is (numerically) invariant -- for ReLU nets with cross-entropy this happens after at
-  most ``classes`` steps, the input Hessian having rank <= classes - 1. Then beta_j is set to 0 in T
-  and the next basis vector is a fresh random vector orthogonalized against the basis. T is then
-  block-diagonal, every Ritz value is still a Ritz value of A on an orthonormal basis (so it lies
-  inside A's spectrum: no spurious values, never NaN), and a Ritz pair of the exhausted block has
-  residual exactly 0, i.e. it is exact and converges at the next check. The fresh vectors are drawn
-  for the whole original batch every step and then indexed, so the random stream, and hence every
-  result, does not depend on compaction.
+- Breakdown: when the new residual norm beta_j <= 8 sqrt(n) eps * (running scale of |alpha|,
+  beta), i.e. at the rounding level of the reorthogonalization, the Krylov space is (numerically)
+  invariant -- for ReLU nets with cross-entropy this happens after at most ``classes`` steps, the
+  input Hessian having rank <= classes - 1. Then beta_j is set to 0 in T and the next basis vector
+  is a fresh random vector orthogonalized against the basis. T is then block-diagonal, every Ritz
+  value is still a Ritz value of A on an orthonormal basis (so it lies inside A's spectrum: no
+  spurious values, never NaN), and a Ritz pair of the exhausted block has a residual at the
+  rounding level (the discarded remainder's norm, which the residual counts: see ``_ritz``).
+  The fresh vectors are drawn for the whole original batch every step and then indexed, so the
+  random stream, and hence every result, does not depend on compaction.
 - Convergence is checked on a fixed schedule -- every ``check_every`` iterations and at the last one
   -- because a check solves the small tridiagonal problems (``torch.linalg.eigh`` on [B, m, m]) and
   reads the convergence mask on the host. Between checks there is no host synchronization.
@@ -28,8 +29,10 @@ Algorithm (per example, all examples in lock-step):
 
 Stop rules (``stop``), for a Ritz pair (theta, s) of T_m, with ``r = |beta_m * s_m|`` (=
 ``||A y - theta y||`` for the Ritz vector y) and the relative floor
-``phi = max(|theta|, 1e-6 * rho)`` (rho: the largest |Ritz value| of that example; the floor keeps
-an exactly-zero eigenvalue of a ReLU net from dividing by zero):
+``phi = max(|theta|, max(1e-6, eps / tol) * rho)`` (rho: the largest |Ritz value| of that example;
+eps: the working dtype's machine epsilon; the floor keeps an exactly-zero eigenvalue of a ReLU net
+from dividing by zero, and asks no eigenvalue for a finer absolute accuracy than about eps * rho,
+the rounding level of the products: it matters in float32 only):
 
 - ``"residual"``: ``r <= tol * phi``. Rigorous: some eigenvalue of A lies within r of theta. It
   stops late, though: by then the eigenvalue is typically accurate to about tol^2.
@@ -211,13 +214,26 @@ def _ritz_gaps(theta: torch.Tensor, abs_res: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isinf(gap), torch.zeros_like(gap), gap.clamp_min(0))
 
 
-def _ritz(alpha, beta, m: int, k: int, want_min: bool, tol: float) -> _Ritz:
-    """Ritz values, relative residuals and eigenvalue-error estimates from m Lanczos steps."""
+def _ritz(alpha, beta, dropped, m: int, k: int, want_min: bool, tol: float,
+          eps: float) -> _Ritz:
+    """Ritz values, relative residuals and eigenvalue-error estimates from m Lanczos steps.
+
+    ``dropped`` [B, >=m]: the norm of the remainder ``w_j`` a breakdown discarded at step j (0
+    where none). With breakdowns, ``A Q = Q (T + E) + sum_j P w_j e_j^T + w_m e_m^T``: ``P``
+    projects out of the basis, and ``E`` holds the couplings ``w_j . q_k`` (k > j) of each
+    remainder to the later basis vectors, which T leaves out. The residual used is
+    ``|beta_m s_m| + sum_j ||w_j|| |s_j|``; it leaves out only ``||E s|| <= sqrt(2) sum_j
+    ||w_j||``, and every ``||w_j||`` is below the breakdown threshold (8 sqrt(n) eps times the
+    scale of T): rounding level, like the error of the products themselves.
+    """
     theta, s = torch.linalg.eigh(_tridiagonal(alpha, beta, m))  # ascending
     bsz = theta.shape[0]
     rho = theta.abs().amax(dim=1, keepdim=True)
-    abs_res = (beta[:, m - 1 : m] * s[:, m - 1, :]).abs()  # [B, m]
-    floor = torch.maximum(theta.abs(), 1e-6 * rho).clamp_min(torch.finfo(theta.dtype).tiny)
+    lost = dropped[:, :m].clone()
+    lost[:, m - 1] += beta[:, m - 1]
+    abs_res = torch.einsum("bj,bji->bi", lost, s.abs())  # [B, m]
+    floor = torch.maximum(theta.abs(), max(1e-6, eps / tol) * rho)
+    floor = floor.clamp_min(torch.finfo(theta.dtype).tiny)
     rel_res = abs_res / floor
     gap = _ritz_gaps(theta, abs_res)
     quad = torch.where(gap > 0, abs_res.square() / gap.clamp_min(torch.finfo(gap.dtype).tiny),
@@ -328,7 +344,10 @@ def batched_lanczos(
     f64 = torch.float64
     m_cap = min(max_iter, n)
     want_min = "min" in which
-    breakdown_rel = torch.finfo(work).eps ** 0.5
+    # A remainder this small is rounding noise of the reorthogonalization: the Krylov space is
+    # invariant. (Larger thresholds, e.g. sqrt(eps), also restart where a dominant eigenvalue
+    # dwarfs the rest of the spectrum; the residual accounts for what a restart drops anyway.)
+    breakdown_rel = 8 * torch.finfo(work).eps * n**0.5
     tiny = torch.finfo(work).tiny
 
     rows = torch.arange(bsz, device=dev)
@@ -337,6 +356,7 @@ def batched_lanczos(
     basis = torch.zeros(bsz, m_cap, n, dtype=work, device=dev)
     alpha = torch.zeros(bsz, m_cap, dtype=f64, device=dev)
     beta = torch.zeros(bsz, m_cap, dtype=f64, device=dev)
+    dropped = torch.zeros(bsz, m_cap, dtype=f64, device=dev)  # remainders breakdowns discarded
     scale = torch.zeros(bsz, dtype=f64, device=dev)
     done = torch.zeros(bsz, dtype=torch.bool, device=dev)
     out = _Outputs(bsz, k, n, work, dev, return_vectors)
@@ -352,6 +372,7 @@ def batched_lanczos(
         scale = torch.maximum(scale, torch.maximum(a.abs().to(f64), beta[:, j - 1] if j else scale))
         broke = b <= breakdown_rel * scale
         beta[:, j] = torch.where(broke, torch.zeros_like(b), b)
+        dropped[:, j] = torch.where(broke, b, torch.zeros_like(b))
         if j + 1 < m_cap:
             # Drawn for the whole original batch, then indexed: compaction-independent stream.
             fresh = torch.randn(bsz, n, dtype=work, device=dev, generator=generator)[rows]
@@ -363,7 +384,7 @@ def batched_lanczos(
         m = j + 1
         if m % check_every and m != m_cap:
             continue
-        ritz = _ritz(alpha, beta, m, k, want_min, tol)
+        ritz = _ritz(alpha, beta, dropped, m, k, want_min, tol, torch.finfo(work).eps)
         ok = ritz.residual <= tol if stop == "residual" else ritz.ok_eigenvalue
         freeze = ~done & (ok | (m == m_cap))
         out.write(rows, freeze, ritz, ok, m, basis)
@@ -377,6 +398,7 @@ def batched_lanczos(
             break
         if keep.numel() < rows.numel():
             rows, basis, alpha, beta = rows[keep], basis[keep], alpha[keep], beta[keep]
+            dropped = dropped[keep]
             scale, q, done = scale[keep], q[keep], done[keep]
             op.set_rows(rows)
     return LanczosResult(out.top, out.smallest, out.iterations, out.residual, out.converged,

@@ -243,3 +243,26 @@ def test_eigenvalue_rule_needs_fewer_products_than_the_residual_rule():
 def test_bad_stop_rule_raises_bad_input():
     with pytest.raises(BadInput, match="stop"):
         batched_lanczos(lambda v: v, torch.randn(2, 4, dtype=F64), stop="change")
+
+
+@pytest.mark.parametrize("dominant", [-1e3, -1e4, 1e4])
+def test_float32_lanczos_never_reports_a_wrong_eigenvalue_as_converged_beside_a_dominant_one(
+        dominant):
+    """One eigenvalue 1e3-1e4 times the rest of the spectrum (in [-1, 1] beside a positive one):
+    a breakdown threshold of sqrt(eps) took the rest for rounding noise, restarted at every step
+    and, the dropped remainders being left out of the residual, reported a Rayleigh quotient of
+    random vectors (0.79 against 1.0) as converged with residual 0."""
+    n = 200
+    rest = torch.linspace(-1.0 if dominant > 0 else 0.0, 1.0, n - 1, dtype=F64)
+    eigs = torch.cat([torch.tensor([dominant], dtype=F64), rest])[None]
+    a = _with_spectrum(eigs).float()
+    res = batched_lanczos(BatchedMatrix(a), torch.randn(1, n, generator=torch.Generator()
+                                                         .manual_seed(1)),
+                          tol=1e-3, max_iter=100, stop="residual",
+                          generator=torch.Generator().manual_seed(2))
+    ev = torch.linalg.eigvalsh(eigs[0].diag())
+    for got, true in ((res.largest, ev[-1]), (res.smallest, ev[0])):
+        # converged means: within the reported residual (relative) of the true eigenvalue
+        assert bool(res.converged[0])
+        assert abs(float(got[0]) - float(true)) <= 2e-3 * max(abs(float(true)), 1.0)
+    assert float(res.residual[0]) > 0  # a residual of exactly 0 was the symptom
