@@ -14,31 +14,23 @@ from typing import Any
 
 import typer
 
+from curvtools.clirun import check_output_path, check_seed, require_expr
 from curvtools.errors import BadInput
 
-ACT_HELP = "activation name (see the registry), or 'all' for every built-in one"
+ACT_HELP = ("activation name (`curvtools curvature --act all` lists the built-in ones; expr "
+            "needs --expr), or 'all' for every built-in one")
 
 
 def _resolve_all(act: str, k: float | None, beta: float | None, alpha: float | None,
                  expr: str | None) -> list:
     from curvtools.activations import builtin_names, resolve
 
+    require_expr(act, expr)
     if act.strip().lower() == "all":
         if any(v is not None for v in (k, beta, alpha, expr)):
             raise BadInput("--act all uses default parameters; drop --k/--beta/--alpha/--expr")
         return [resolve(name) for name in builtin_names()]
     return [resolve(act, k=k, beta=beta, alpha=alpha, expr=expr)]
-
-
-def _check_output(path: Path | None, suffixes: tuple[str, ...], option: str) -> None:
-    if path is None:
-        return
-    if path.suffix.lower() not in suffixes:
-        raise BadInput(f"{option} {str(path)!r} must end in {' or '.join(suffixes)}")
-    if path.exists() and path.is_dir():
-        raise BadInput(f"{option} {str(path)!r} is a directory; give a file name")
-    if not path.parent.exists():
-        raise BadInput(f"{option} {str(path)!r}: folder {str(path.parent)!r} does not exist")
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -54,6 +46,15 @@ def _fmt(v: float) -> str:
     return f"{v + 0.0:.10g}" if math.isfinite(v) else str(v)  # + 0.0 turns -0 into 0
 
 
+def _arg(x: float, at_infinity: bool) -> str:
+    return "|x| -> inf" if at_infinity else _fmt(x)
+
+
+def _enclosure(lower: float, upper: float, certified: bool) -> str:
+    """"certified enclosure [a, b]" only when the width reached --tol; else "enclosure"."""
+    return f"{'certified ' if certified else ''}enclosure [{_fmt(lower)}, {_fmt(upper)}]"
+
+
 def _print_one(c) -> None:
     print(f"== {c.label}")
     print(f"  f(x)   = {c.f}")
@@ -65,13 +66,11 @@ def _print_one(c) -> None:
         for note in c.notes:
             print(f"  note: {note}")
         return
-    arg = "|x| -> inf" if abs(c.argmax) >= 1024 else _fmt(c.argmax)
     exact = f" = {c.max_exact} at x = {c.argmax_exact}" if c.max_exact else ""
-    print(f"  max f'' = {_fmt(c.max_value)}{exact} (argmax {arg}); certified enclosure "
-          f"[{_fmt(c.max_lower)}, {_fmt(c.max_upper)}]")
-    arg = "|x| -> inf" if abs(c.argmin) >= 1024 else _fmt(c.argmin)
-    print(f"  min f'' = {_fmt(c.min_value)} (argmin {arg}); certified enclosure "
-          f"[{_fmt(c.min_lower)}, {_fmt(c.min_upper)}]")
+    print(f"  max f'' = {_fmt(c.max_value)}{exact} (argmax {_arg(c.argmax, c.argmax_at_infinity)})"
+          f"; {_enclosure(c.max_lower, c.max_upper, c.max_certified)}")
+    print(f"  min f'' = {_fmt(c.min_value)} (argmin {_arg(c.argmin, c.argmin_at_infinity)})"
+          f"; {_enclosure(c.min_lower, c.min_upper, c.min_certified)}")
     print(f"  curvature = {_fmt(c.curvature)}  [{c.kind}]")
     for note in c.notes:
         print(f"  note: {note}")
@@ -86,12 +85,14 @@ def curvature_command(
     json_path: Path | None = typer.Option(None, "--json", help="write the numbers to this file"),
     plot: Path | None = typer.Option(None, "--plot",
                                      help="draw f, f', f'' (Figure 2) to this .png/.pdf"),
-    tol: float = typer.Option(1e-9, "--tol", help="certified enclosure width (absolute)"),
+    tol: float = typer.Option(1e-9, "--tol", help="certified enclosure width: absolute for "
+                              "values below 1 in magnitude, relative above; in (0, 1)"),
 ) -> None:
     """f, f', f'' and the certified global max/min of f'' (the paper's curvature)."""
     acts = _resolve_all(act, k, beta, alpha, expr)
-    _check_output(json_path, (".json",), "--json")
-    _check_output(plot, (".png", ".pdf"), "--plot")
+    check_output_path("--json", json_path, suffixes=(".json",))
+    # curvtools.figures draws Figure 2 as .png or .pdf only
+    check_output_path("--plot", plot, suffixes=(".png", ".pdf"))
     if not (0 < tol < 1):
         raise BadInput(f"--tol {tol} must be in (0, 1)")
     from curvtools.symbolic import curvature
@@ -114,7 +115,8 @@ def curvature_command(
 
 
 def twolayer_command(
-    act: str = typer.Option(..., "--act", help="activation name (see the registry)"),
+    act: str = typer.Option(..., "--act", help="activation name (`curvtools curvature --act "
+                            "all` lists the built-in ones; expr needs --expr)"),
     k: str | None = typer.Option(None, "--k", help="LeakyReLU negative slope k"),
     beta: str | None = typer.Option(None, "--beta", help="PSwish / Softplus beta (> 0)"),
     alpha: str | None = typer.Option(None, "--alpha", help="ELU alpha (> 0)"),
@@ -135,7 +137,8 @@ def twolayer_command(
                                 ("--n", n, 1, 100000), ("--slsqp-starts", slsqp_starts, 1, 1000)):
         if not lo <= value <= hi:
             raise BadInput(f"{name} {value} must be an integer in [{lo}, {hi}]")
-    _check_output(json_path, (".json",), "--json")
+    check_seed("--seed", seed)
+    check_output_path("--json", json_path, suffixes=(".json",))
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

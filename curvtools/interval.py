@@ -14,11 +14,13 @@ This is the workhorse of :mod:`curvtools.symbolic`'s certified maximum curvature
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
 import mpmath
 import sympy as sp
 from mpmath import iv
+from mpmath.libmp import to_float
 
 Interval = Callable[[float, float], tuple[float, float]]
 
@@ -33,12 +35,41 @@ def _point(v) -> object:
     return iv.mpf([v, v])
 
 
+_FLOAT_MAX = sys.float_info.max
+_FLOAT_MIN_NORMAL = sys.float_info.min
+
+
+def _down(raw) -> float:
+    """The largest float <= the raw mpf ``raw``: a lower end that stays rigorous in floats.
+
+    mpmath's endpoints have an unbounded exponent; a plain ``float()`` rounds 2e309 to inf
+    (a lower bound above every real number) and -1e-400 to -0.0 (above the value).
+    """
+    if not raw[1]:  # zero, +-inf, nan: exact
+        return to_float(raw)
+    v = to_float(raw, rnd="f")
+    if v == math.inf:  # a finite value beyond the double range
+        return _FLOAT_MAX
+    if raw[0] and v == 0.0:  # a negative value that underflowed to -0.0
+        return -math.ulp(0.0)
+    if 0.0 < abs(v) < _FLOAT_MIN_NORMAL:  # gradual underflow rounds to nearest, not down
+        return math.nextafter(v, -math.inf)
+    return v
+
+
+def _up(raw) -> float:
+    """The smallest float >= the raw mpf ``raw`` (the mirror image of :func:`_down`)."""
+    if not raw[1]:
+        return to_float(raw)
+    return -_down((raw[0] ^ 1, *raw[1:]))
+
+
 def _lo(z) -> float:
-    return float(z.a)
+    return _down(z._mpi_[0])
 
 
 def _hi(z) -> float:
-    return float(z.b)
+    return _up(z._mpi_[1])
 
 
 _NAN = mpmath.libmp.fnan
@@ -180,7 +211,7 @@ def _build(x, e) -> Callable:
         return combine
     if isinstance(e, sp.Pow):
         base = _build(x, e.base)
-        if e.exp.is_Integer:
+        if e.exp.is_Integer or (e.exp.is_Float and float(e.exp).is_integer()):  # x**3.0 too
             n = int(e.exp)
             return lambda z: _sane(base(z) ** n)
         if e.exp.is_Rational and e.exp.q == 2:

@@ -31,7 +31,10 @@ the supremum of f'' over the pieces (the Dirac mass of f'' at the kink is left o
 1. sympy differentiates f three times. Piecewise activations are split at their breakpoints into
    smooth pieces; each piece is handled on its closed interval (the supremum over an open piece
    equals the maximum of the continuous extension over its closure).
-2. Interval branch and bound on `[-1024, 1024]`. Every box gets a rigorous upper bound of f''
+2. Interval branch and bound on `[-1024 s, 1024 s]`, where the natural scale `s = 1/min |k|`
+   over the rates k of every `exp`, `sinh`, `cosh`, `tanh(k x + d)` in f'' (s = 1 when there is
+   none; s = 1/beta for PSwish and Softplus, whose f'' is `beta f_1''(beta x)`; s = 1 for every
+   built-in with default parameters). Every box gets a rigorous upper bound of f''
    from outward-rounded interval arithmetic (`mpmath.iv`; tanh, sinh, cosh, erf, atan through
    monotonicity with libm endpoint values widened by 1e-13 relative): the natural extension,
    intersected with the mean-value form `f''(m) + |f'''([a, b])| (b - a)/2`, which is tight to
@@ -39,18 +42,24 @@ the supremum of f'' over the pieces (the Dirac mass of f'' at the kink is left o
    The box with the largest upper bound is halved; boxes below the best lower bound are dropped.
    It stops when `max upper - best lower <= 1e-9` (relative above 1): the maximum over the window
    lies in the printed enclosure, for every real x in it, with no grid and no sampling gap.
-3. The tails `|x| > 1024` are one unbounded box each, bounded once by interval arithmetic (in
-   several algebraic forms, intersected). When that settles them (LiSHT, GELU, tanh, ELU, ...),
-   the result holds on the whole real line. When it cannot (the printout says so), the tails
-   rest on a hand argument, not a machine check: for every built-in, f'' beyond |x| = 1024 is a
-   finite sum of terms bounded by `poly(|x|) * exp(-c |x|)` with c = min(1, beta) (GELU:
-   `poly(|x|) exp(-x^2/2)`), below 1e-20 for every beta >= 0.05, so a maximum or minimum found
-   inside the window with magnitude above 1e-20 is global (infima equal to 0, e.g. of Softplus
-   and ELU, are marked "approached as |x| -> inf"). For a user `--expr` this part is an
+3. The tails `|x| > 1024 s` are one unbounded box each, bounded once by interval arithmetic (in
+   several algebraic forms, intersected). When that bound settles them (it is within the
+   tolerance of the best point), the result holds on the whole real line and the bound is
+   folded into the printed enclosure, so that an extremum approached as |x| -> inf (the
+   infimum 0 of Softplus' f'') lies inside it. For the built-ins with default parameters:
+@TAILS@
+   When it cannot (the printout says so), the tails rest on a hand argument, not a machine
+   check: for every built-in, f'' beyond |x| = 1024 s is a finite sum of terms bounded by
+   `C poly(|x|/s) * exp(-|x|/s)` (GELU: `poly(|x|) exp(-x^2/2)`), C a power of the parameter,
+   so below 1e-20 for every parameter value the registry accepts: a maximum or minimum found
+   inside the window with magnitude above 1e-20 is global. For a user `--expr` this part is an
    assumption. If the best point sits at the window's edge and the tails are not bounded (e.g.
-   `x**3`), the enclosure is reported as `[best, inf]`, not certified.
+   `x**3`), the enclosure is reported as `[best, inf]`, not certified, and printed as
+   "enclosure", not "certified enclosure".
 4. The reported value is f'' at the reported argmax (attained; a rigorous lower bound of the
-   maximum), within the tolerance of the maximum when certified.
+   maximum), within the tolerance of the maximum when certified. An extremum marked
+   "argmax |x| -> inf" is approached, not attained (e.g. the infimum 0 of Softplus' f''); one
+   that f'' takes on a whole piece (ELU's minimum 0 on x > 0) is reported at a point inside it.
 5. An exact closed form is printed when a simple candidate (0, a piece boundary, or sympy's
    `nsimplify` of the numeric argmax) lies in the certified argmax boxes, makes f''' vanish
    structurally (sympy evaluates it to 0, not a small number), and its value lies in the
@@ -119,12 +128,32 @@ def curvature_table(extra: tuple = ()) -> str:
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, c in enumerate(rows, start=1):
         argmax = "-" if c.kind.startswith("approx") else _fmt(round(c.argmax, 8))
-        argmin = "x -> inf" if abs(c.argmin) >= 1024 else _fmt(round(c.argmin, 8))
+        argmin = "x -> inf" if c.argmin_at_infinity else _fmt(round(c.argmin, 8))
         if c.kind.startswith("approx"):
             argmin = "-"
         out.append(f"| {i} | {c.label} | {c.curvature:.10f} | {c.kind} | "
                    f"{c.max_exact or '-'} | {argmax} | {c.min_value + 0.0:.10f} | {argmin} |")
     return "\n".join(out) + "\n"
+
+
+def tail_status() -> str:
+    """Which built-ins' tails the interval bound settles, as computed (Markdown list items)."""
+    from curvtools.symbolic import curvature
+
+    settled: dict[tuple[bool, bool], list[str]] = {}
+    for name in builtin_names():
+        c = curvature(resolve(name))
+        if c.kind.startswith("approx"):  # f'' is 0 off the kink: nothing to bound
+            continue
+        left = [what for what in ("max", "min")
+                if any(n.startswith(f"{what}: enclosed") for n in c.notes)]
+        settled.setdefault(("max" not in left, "min" not in left), []).append(c.label)
+    words = {(True, True): "both tails settled, for the max and the min",
+             (True, False): "tails settled for the max; the min's left to the decay below",
+             (False, True): "tails settled for the min; the max's left to the decay below",
+             (False, False): "tails left to the decay below, for the max and the min"}
+    return "\n".join(f"   - {words[key]}: {', '.join(settled[key])}"
+                     for key in words if key in settled) + "\n"
 
 
 def second_derivatives() -> str:
@@ -141,7 +170,7 @@ def second_derivatives() -> str:
 
 def generate() -> str:
     """The full text of docs/theory.md."""
-    return (HEADER
+    return (HEADER.replace("@TAILS@\n", tail_status())
             + "\n## Second derivatives (sympy, default parameters)\n\n" + second_derivatives()
             + "\nPSwish with slope beta: `f_beta(x) = f_1(beta x)/beta`, so "
               "`f_beta''(x) = beta f_1''(beta x)` and its curvature is `beta/2`.\n"

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from curvtools.activations import Activation
+from curvtools.errors import BadInput
 from curvtools.symbolic import derivatives
 from curvtools.sympy_torch import lambdify_torch
 
@@ -201,25 +202,41 @@ class Instance:
         return {k: (v if math.isfinite(v) else str(v)) for k, v in self.__dict__.items()}
 
 
+X_DRAWS = 1000  # points x tried per random net
+
+
 def random_instance(act: Activation, dim: int, hidden: int, rng: torch.Generator,
                     slsqp_starts: int = 20) -> Instance:
-    """Draw W1 ~ N(0, 1/d), w2 ~ N(0, 1/h) and x ~ N(0, I) until f(x) <= 0; evaluate Lemma 1."""
+    """Draw W1 ~ N(0, 1/d), w2 ~ N(0, 1/h) and x ~ N(0, I) until f(x) < 0; evaluate Lemma 1.
+
+    f(x) < 0 strictly (c = -f(x) > 0): at c = 0 (a dead ReLU unit gives f = 0) every bound and
+    the exact answer are 0, and the instance checks nothing. If all ``X_DRAWS`` points give
+    f >= 0, the output layer's sign is flipped at the point with the largest f; if f = 0 at all
+    of them, BadInput.
+    """
     from curvtools.lemma import lemma1_bounds
 
     dt = torch.float64
     W1 = torch.randn(hidden, dim, generator=rng, dtype=dt) / math.sqrt(dim)
     w2 = torch.randn(hidden, generator=rng, dtype=dt) / math.sqrt(hidden)
     net = TwoLayerNet(act, W1, w2).to(dt)
-    for _ in range(1000):
+    top_x, top_f = None, 0.0
+    for _ in range(X_DRAWS):
         x = torch.randn(dim, generator=rng, dtype=dt)
         with torch.no_grad():
             fx = float(net(x))
-        if fx <= 0:
+        if fx < 0:
             break
+        if fx > top_f:
+            top_x, top_f = x, fx
     else:  # f >= 0 everywhere we looked: flip the sign of the output layer instead
+        if top_x is None:
+            raise BadInput(f"{act.label} with --dim {dim} --hidden {hidden}: f(x) = 0 at all "
+                           f"{X_DRAWS} random points of a random net (dead units), so Lemma 1 "
+                           "holds trivially; use a larger --dim/--hidden or another activation")
         w2 = -w2
         net = TwoLayerNet(act, W1, w2).to(dt)
-        fx = float(net(x).detach())
+        x, fx = top_x, -top_f
     func = lambda v: net(v)  # noqa: E731
     H_ref = torch.func.hessian(func)(x).detach()
     g_ref = torch.func.grad(func)(x).detach()

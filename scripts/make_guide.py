@@ -1,5 +1,8 @@
 # ruff: noqa: E501
-"""Write docs/guide.md: hand-written prose per command + option tables from the real CLIs."""
+"""Write docs/guide.md: hand-written prose per command + option tables from the real CLIs.
+
+    python scripts/make_guide.py      # tests/test_cli_theory.py checks the committed file
+"""
 from pathlib import Path
 
 import typer
@@ -21,7 +24,7 @@ PROSE = {
 }
 EXAMPLES = {
  "curvtools curvature": ["curvtools curvature --act all", "curvtools curvature --act pswish --beta 4 --json pswish4.json"],
- "harness train": ["harness train --act silu --out runs/silu                      # the paper's protocol", "harness train --act silu --out runs/silu --resume             # after an interruption", "harness train --dataset imagefolder:../shared/data/cifar10-jpg --train-subset 1000 --width 0.25 --train-steps 5 --eval-steps 5 --epochs 2 --act silu --out runs/try"],
+ "harness train": ["harness train --act silu --out runs/silu                      # the paper's protocol", "harness train --act silu --out runs/silu --resume             # after an interruption", "harness train --dataset imagefolder:../shared/data/cifar10-jpg --train-subset 1000 --val-subset 500 --test-subset 500 --width 0.25 --train-steps 5 --eval-steps 5 --epochs 2 --act silu --out runs/try"],
  "harness eval": ["harness eval --ckpt runs/silu/last.pt --json runs/silu/eval_last.json", "harness eval --ckpt runs/silu/best.pt --attack autoattack --n 1000"],
  "harness sweep": ["harness sweep table1-cifar10 --scale mini --dry-run", "harness sweep table1-cifar10 --set device=cuda", "harness sweep fig7-width --only relu-w10 --runs-dir /scratch/runs"],
  "python -m paper_figs": ["python -m paper_figs --runs-dir runs --out docs/figures", "python -m paper_figs --scale mini --only table1 --only fig4"],
@@ -61,26 +64,30 @@ def table(sub):
             out.append(f"| {flag} | {ds} | {h} |")
     return "\n".join(out)
 
-found = commands()
-lines = ["# Guide to every command", "",
-         "Generated from the commands' own `--help` (option names, defaults, help texts) plus a short",
-         "description of each. `curvtools COMMAND --help` / `harness COMMAND --help` print the same.",
-         "Bad input anywhere gives one line `error: ...` on stderr and exit code 2; nothing on disk is",
-         "overwritten. Every command that produces numbers takes `--json PATH`.", ""]
-lines.append("Contents: " + ", ".join(f"`{c}`" for c in ORDER) + ".\n")
-for name in ORDER + sorted(set(found) - set(ORDER)):
-    lines += [f"## `{name}`", ""]
-    if name in PROSE:
-        lines += [PROSE[name], ""]
-    if name not in found:
-        lines += ["*Not available in this build yet* (its module is still a placeholder); see "
-                  "`--help` once it lands.", ""]
-        continue
-    first = (found[name].help or "").strip().split("\n\n")[0].replace("\n", " ")
-    if first:
-        lines += [f"*{first}*", ""]
-    if name in EXAMPLES:
-        lines += ["    " + e for e in EXAMPLES[name]] + [""]
-    lines += [table(found[name]), ""]
-Path("docs/guide.md").write_text("\n".join(lines).rstrip() + "\n")
-print("documented:", [n for n in ORDER if n in found], "missing:", [n for n in ORDER if n not in found])
+
+def generate() -> str:
+    """The text of docs/guide.md."""
+    found = commands()
+    lines = ["# Guide to every command", "",
+             "Generated from the commands' own `--help` (option names, defaults, help texts) plus a short",
+             "description of each. `curvtools COMMAND --help` / `harness COMMAND --help` print the same.",
+             "Bad input anywhere gives one line `error: ...` on stderr and exit code 2; nothing on disk is",
+             "overwritten. Every command that produces numbers takes `--json PATH`.", ""]
+    lines.append("Contents: " + ", ".join(f"`{c}`" for c in ORDER) + ".\n")
+    for name in ORDER + sorted(set(found) - set(ORDER)):
+        lines += [f"## `{name}`", ""]
+        if name in PROSE:
+            lines += [PROSE[name], ""]
+        first = (found[name].help or "").strip().split("\n\n")[0].replace("\n", " ")
+        if first:
+            lines += [f"*{first}*", ""]
+        if name in EXAMPLES:
+            lines += ["    " + e for e in EXAMPLES[name]] + [""]
+        lines += [table(found[name]), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    found = commands()
+    Path(__file__).resolve().parent.parent.joinpath("docs", "guide.md").write_text(generate())
+    print("documented:", list(found))

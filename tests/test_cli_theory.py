@@ -38,6 +38,11 @@ def _ok(argv, capsys):
     ["curvature", "--act", "all", "--k", "0.3"],
     ["twolayer", "--act", "gelu", "--dim", "0"],
     ["twolayer", "--act", "nosuch"],
+    ["curvature", "--act", "expr"],  # no silent default expression
+    ["twolayer", "--act", "expr"],
+    ["twolayer", "--act", "silu", "--seed", "-1"],
+    ["twolayer", "--act", "silu", "--seed", str(2**63)],
+    ["curvature", "--act", "gelu", "--plot", "noext"],
 ])
 def test_bad_input_exits_2_with_one_line_on_stderr(argv, capsys):
     code, _, err = _run(argv, capsys)
@@ -90,3 +95,30 @@ def test_committed_theory_doc_equals_the_generated_text():
 
     committed = (ROOT / "docs" / "theory.md").read_text()
     assert committed == generate(), "regenerate: python -m curvtools.theory_doc > docs/theory.md"
+
+
+def test_committed_guide_equals_the_generated_text():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_guide", ROOT / "scripts" / "make_guide.py")
+    make_guide = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_guide)
+    committed = (ROOT / "docs" / "guide.md").read_text()
+    assert committed == make_guide.generate(), "regenerate: python scripts/make_guide.py"
+
+
+def test_enclosure_is_called_certified_only_when_it_is(capsys):
+    out = _ok(["curvature", "--act", "expr", "--expr", "x**3"], capsys)  # f'' = 6x: unbounded
+    assert "enclosure [6144, inf]" in out and "certified enclosure" not in out
+    out = _ok(["curvature", "--act", "tanh"], capsys)
+    assert out.count("certified enclosure") == 2
+
+
+def test_tol_help_says_absolute_below_one_and_relative_above(capsys):
+    out = " ".join(_ok(["curvature", "--help"], capsys).split())
+    assert "(absolute)" not in out and "relative" in out
+
+
+def test_attained_argmin_is_printed_for_an_extremum_on_a_half_line(capsys):
+    out = _ok(["curvature", "--act", "expr", "--expr", "x*abs(x)"], capsys)
+    assert "min f'' = -2 (argmin -1)" in out and "|x| -> inf" not in out

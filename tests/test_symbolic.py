@@ -1,13 +1,15 @@
 """The certified maximum curvature against a brute-force dense grid and known closed forms."""
 
 import math
+import sys
 
 import numpy as np
 import pytest
 import sympy as sp
 
-from curvtools.activations import resolve
-from curvtools.symbolic import curvature, derivatives
+from curvtools.activations import resolve, symbol_x
+from curvtools.interval import interval_function
+from curvtools.symbolic import Piece, certified_extremum, curvature, derivatives
 
 SMOOTH = [("lisht", {}), ("gelu", {}), ("mish", {}), ("silu", {}), ("tanh", {}),
           ("softplus", {"beta": 1.0}), ("pswish", {"beta": 2.0}), ("elu", {"alpha": 1.5}),
@@ -96,3 +98,95 @@ def test_user_piecewise_linear_expression_gets_the_same_approximation_as_leakyre
 def test_unbounded_second_derivative_is_reported_uncertified_with_infinite_upper_bound():
     c = curvature(resolve("expr", expr="x**3"))
     assert not c.certified and math.isinf(c.max_upper) and c.max_lower >= 6 * 1024 - 1e-6
+
+
+def test_unbounded_second_derivative_enclosures_are_proper_on_both_sides():
+    c = curvature(resolve("expr", expr="x**3"))
+    assert c.max_lower <= c.max_upper and c.min_lower <= c.min_upper
+    assert math.isinf(c.min_lower) and c.min_upper <= -6 * 1024 + 1e-6
+
+
+def test_interval_ends_beyond_the_double_range_round_outward_not_to_infinity():
+    x = symbol_x()
+    lo, hi = interval_function(x, 2 / x**3)(1e-103, 1e-103)  # 2e309: above the largest double
+    assert lo == sys.float_info.max and hi == math.inf  # float() would give lo = inf
+    lo, hi = interval_function(x, -2 / x**3)(1e-103, 1e-103)
+    assert lo == -math.inf and hi == -sys.float_info.max
+    lo, hi = interval_function(x, -(x**2))(1e-200, 1e-200)  # -1e-400 underflows
+    assert lo < 0 <= -hi  # float() would give lo = -0.0, above the true value
+
+
+@pytest.mark.parametrize("f2", ["2/x**3", "-1/x**2", "1/x**2"])
+@pytest.mark.parametrize("maximize", [True, False], ids=["max", "min"])
+def test_pole_of_f2_is_never_certified_and_its_enclosure_is_never_inverted(f2, maximize):
+    x = symbol_x()
+    e = sp.sympify(f2, locals={"x": x})
+    ext = certified_extremum(x, [Piece(-math.inf, math.inf, e, sp.diff(e, x))],
+                             maximize=maximize)  # the default budget: it overflowed before
+    assert not ext.certified
+    assert ext.lower <= ext.upper, (ext.lower, ext.upper)
+    assert math.isfinite(ext.value)  # f'' at a real point: a float end, never an overflowed inf
+
+
+def test_f2_unbounded_at_a_kink_reports_an_infinite_sup_uncertified():
+    c = curvature(resolve("expr", expr="Abs(x)**1.5"))  # f'' = 0.75 / sqrt(|x|)
+    assert c.max_lower == c.max_upper == math.inf and c.curvature == math.inf
+    assert not c.certified and any("unbounded" in n for n in c.notes)
+    assert c.min_lower <= c.min_upper
+
+
+def test_integer_valued_float_power_is_enclosed_like_the_integer_power():
+    x = symbol_x()
+    # x**3.0 = exp(3.0 log x) would be undefined for x < 0 and give the whole line
+    assert interval_function(x, x**3.0)(-2.0, -1.0) == interval_function(x, x**3)(-2.0, -1.0)
+    assert interval_function(x, x**3)(-2.0, -1.0) == (-8.0, -1.0)
+
+
+@pytest.mark.parametrize("name,beta,value", [("pswish", 1e4, 5e3), ("pswish", 12345.5, 6172.75),
+                                             ("softplus", 1e6, 2.5e5)])
+def test_any_registry_beta_finishes_in_seconds_and_certifies_the_max(name, beta, value):
+    # sympy factored exp(beta x) as a degree-beta polynomial in exp(x): minutes for 1e4
+    import time
+
+    start = time.perf_counter()
+    c = curvature(resolve(name, beta=beta))
+    assert time.perf_counter() - start < 20  # ~2 s here; generous for a loaded machine
+    assert c.max_certified and c.max_lower <= value <= c.max_upper
+
+
+def _silu_f2(t):
+    s = 1 / (1 + np.exp(-t))
+    return s * (1 - s) * (2 + t * (1 - 2 * s))
+
+
+def test_small_beta_pswish_minimum_is_beta_times_the_silu_minimum_far_outside_1024():
+    from scipy.optimize import minimize_scalar
+
+    # f_beta''(x) = beta f_1''(beta x), f_1 = SiLU: independent float minimum of f_1''
+    t = np.linspace(-20, 20, 400_001)
+    t0 = t[np.argmin(_silu_f2(t))]
+    res = minimize_scalar(_silu_f2, bounds=(t0 - 1e-3, t0 + 1e-3), method="bounded",
+                          options={"xatol": 1e-12})
+    beta = 0.001
+    c = curvature(resolve("pswish", beta=beta))
+    assert c.min_value == pytest.approx(beta * res.fun, rel=1e-6)  # -3.69e-5
+    assert abs(c.argmin) == pytest.approx(abs(res.x) / beta, rel=1e-4)  # 3436 > 1024
+    assert c.min_lower - 1e-15 <= beta * res.fun <= c.min_upper + 1e-15
+    assert c.min_certified and not c.argmin_at_infinity
+
+
+@pytest.mark.parametrize("name,params", [("softplus", {"beta": 0.05}),
+                                         ("expr", {"expr": "sqrt(x**2+1)"})])
+def test_infimum_approached_at_infinity_lies_inside_the_printed_enclosure(name, params):
+    c = curvature(resolve(name, **params))  # inf f'' = 0, approached as |x| -> inf
+    assert c.min_lower <= 0.0 <= c.min_upper and c.argmin_at_infinity
+    assert c.min_value > 0  # f'' at a real point: attained values are all positive
+
+
+def test_extremum_taken_on_a_whole_half_line_is_reported_attained_inside_it():
+    c = curvature(resolve("expr", expr="x*abs(x)"))  # f'' = -2 on x < 0, 2 on x > 0
+    assert c.min_value == -2 and c.argmin < 0 and not c.argmin_at_infinity
+    assert c.max_value == 2 and c.argmax > 0 and not c.argmax_at_infinity
+    c = curvature(resolve("elu", alpha=1.0))  # min 0 on x > 0
+    assert c.min_value == 0 and c.argmin > 0 and not c.argmin_at_infinity
+    assert not any("as |x| -> inf" in n for n in c.notes)

@@ -84,3 +84,22 @@ def test_hard_case_gradient_orthogonal_to_top_eigenvector():
 def test_concave_model_that_never_flips_reports_infinity():
     res = minimal_perturbation_exact(1.0, np.array([0.5]), np.array([[-1.0]]))
     assert math.isinf(res.norm)  # max of -1 + 0.5 t - t^2/2 is -0.875 < 0
+
+
+def test_random_instances_have_a_strictly_positive_margin_even_with_one_relu_unit():
+    from curvtools.twolayer import random_instance
+
+    act = resolve("relu")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(8):  # f = w2 relu(w x): 0 for half of the x, or >= 0 for every x
+        inst = random_instance(act, 1, 1, gen, slsqp_starts=1)
+        assert inst.c > 0 and inst.g_norm > 0 and inst.exact > 0
+
+
+def test_net_that_is_zero_at_every_drawn_point_is_bad_input():
+    from curvtools.errors import BadInput
+    from curvtools.twolayer import random_instance
+
+    dead = resolve("expr", expr="Max(x - 100, 0)")  # W1 x never reaches 100
+    with pytest.raises(BadInput, match="f\\(x\\) = 0 at all 1000"):
+        random_instance(dead, 1, 1, torch.Generator().manual_seed(0), slsqp_starts=1)
