@@ -28,6 +28,7 @@ from typing import Any
 
 import typer
 
+from curvtools.clirun import PLOT_SUFFIXES, check_output_path, check_seed
 from curvtools.errors import BadInput
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -44,14 +45,10 @@ def _check_positive_int(name: str, value: int) -> None:
         raise BadInput(f"{name}={value} is not allowed: need an integer >= 1")
 
 
-def _check_output(option: str, path: Path | None) -> None:
-    """Fail before any work when an output path cannot be written."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise BadInput(f"{option} {str(path)!r} is a directory; give a file path")
-    if not path.parent.is_dir():
-        raise BadInput(f"{option} {str(path)!r}: folder {str(path.parent)!r} does not exist")
+def _check_tol(tol: float) -> None:
+    """A relative accuracy: 0 < tol < 1 (tol >= 1 or inf would report convergence falsely)."""
+    if not 0 < tol < 1:
+        raise BadInput(f"--tol {tol} is not allowed: need a number in (0, 1)")
 
 
 def _torch_dtype(name: str):
@@ -122,7 +119,11 @@ def load_test_images(ckpt: dict[str, Any], n: int, seed: int, data_dir: str | No
 def _progress():
     from curvtools.progress import new_progress
 
-    return new_progress(transient=True, stderr=True)
+    progress = new_progress(transient=True, stderr=True)
+    # A transient bar shows nothing on a stderr that is no terminal, yet rich ends it with a
+    # blank line there, which would stand before an error line: no bar at all then.
+    progress.disable = not progress.console.is_interactive
+    return progress
 
 
 def _advance(progress, task, done_examples: int, seconds: float) -> None:
@@ -349,17 +350,24 @@ def hessian(
         raise BadInput(f"--hvp-mode {hvp_mode!r} is not allowed: use rev-rev or fwd-rev")
     if function not in ("ce", "margin"):
         raise BadInput(f"--function {function!r} is not allowed: use ce or margin")
-    if not (tol > 0):
-        raise BadInput(f"--tol {tol} is not allowed: need a number > 0")
-    for option, path in (("--json", json_path), ("--csv", csv_path), ("--plot", plot)):
-        _check_output(option, path)
+    _check_tol(tol)
+    check_seed("--seed", seed)
     if not ckpt.exists():
         raise BadInput(f"--ckpt {str(ckpt)!r} does not exist")
+    paths = checkpoints_in_run(ckpt) if ckpt.is_dir() else [ckpt]
+    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    for option, path, suffixes in (("--json", json_path, None), ("--csv", csv_path, None),
+                                   ("--plot", plot, PLOT_SUFFIXES)):
+        check_output_path(option, path, inputs=paths, run_dirs=[run_dir], suffixes=suffixes)
     torch_dtype = _torch_dtype(dtype)
     dev = _device(device)
-    paths = checkpoints_in_run(ckpt) if ckpt.is_dir() else [ckpt]
 
     from harness.checkpoint import load_model
+
+    # Every checkpoint is loaded once before any work: a damaged later one must not cost the
+    # results of the earlier ones (each model is freed; the loop loads it again).
+    for path in paths[1:]:
+        load_model(path, device="cpu")
 
     options = {"function": function, "k": k, "tol": tol, "max_iter": max_iter,
                "dtype": torch_dtype, "seed": seed, "stop": stop, "check_every": check_every,
@@ -514,11 +522,11 @@ def lemma(
         _check_positive_int(name, value)
     if not (eps_max > 0) or not math.isfinite(eps_max):
         raise BadInput(f"--eps-max {eps_max} is not allowed: need a finite number > 0")
-    if not (tol > 0):
-        raise BadInput(f"--tol {tol} is not allowed: need a number > 0")
-    _check_output("--json", json_path)
+    _check_tol(tol)
+    check_seed("--seed", seed)
     if not ckpt.is_file():
         raise BadInput(f"--ckpt {str(ckpt)!r} is not a checkpoint file")
+    check_output_path("--json", json_path, inputs=[ckpt], run_dirs=[ckpt.parent])
     torch_dtype = _torch_dtype(dtype)
     dev = _device(device)
 
@@ -582,6 +590,10 @@ def _print_lemma(rows: list[dict], show: int, eps_max: float) -> None:
         print(f"median attack l2 {np.median(attack):.4g}; median lower bound "
               f"{np.nanmedian(lower):.4g}; median upper bound {np.nanmedian(upper):.4g}; "
               f"share attack >= lower bound: {np.mean(attack >= lower):.3f}")
+    converged = sum(r["nu_converged"] for r in rows)
+    print(f"nu converged (relative Ritz residual <= --tol) for {converged}/{len(rows)} examples"
+          + ("" if converged == len(rows) else "; the bounds of the others use an unconverged "
+             "nu (raise --max-iter)"))
     print(f"note: {BOUNDS_NOTE}")
 
 

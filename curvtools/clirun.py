@@ -6,8 +6,11 @@ Shared by both console scripts (``curvtools`` and ``harness``).
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 
 import typer
 
@@ -75,3 +78,98 @@ def _run_app(app: typer.Typer, prog_name: str, argv: list[str] | None) -> None:
         raise SystemExit(1) from None
     if isinstance(rv, int) and rv:
         raise SystemExit(rv)
+
+
+# --- checks shared by every command ----------------------------------------------------------
+
+# The files of a run directory (as harness.train.RUN_FILES; not imported: it pulls in torch).
+RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+SEED_LIMIT = 2**63  # numpy and torch generators take seeds below 2**63 (and >= 0)
+
+
+def check_seed(option: str, value: int | None) -> None:
+    """Refuse a seed that numpy/torch cannot take: require ``0 <= value < 2**63``.
+
+    Example: ``check_seed("--seed", -1)`` raises :class:`BadInput`.
+    """
+    if value is not None and not 0 <= value < SEED_LIMIT:
+        raise BadInput(f"{option} {value} is not allowed: need an integer in [0, 2**63)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)  # hard links
+    except OSError:
+        return False
+
+
+def check_output_path(option: str, path: Path | None, *, inputs: Iterable[Path] = (),
+                      run_dirs: Iterable[Path] = (), made_folders: Iterable[Path] = (),
+                      suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse, before any work, an output file that cannot be written or would destroy data.
+
+    Refused: a directory; a path whose folder is missing, is a file or is not writable; a
+    read-only existing file; one of ``inputs`` (e.g. the checkpoint a command reads); a
+    checkpoint name (``*.pt``); an existing run file (``config.json``, ``metrics.jsonl``,
+    ``DONE``) or such a name inside one of ``run_dirs`` (folders the command writes a run
+    into); a suffix not in ``suffixes`` when given. The folder may be missing only when it is
+    one of ``made_folders`` (the command creates it, e.g. a new run directory). Example::
+
+        check_output_path("--json", Path("r/last.pt"), inputs=[Path("r/last.pt")])  # BadInput
+    """
+    if path is None:
+        return
+    path = Path(path)
+    shown = f"{option} {str(path)!r}"
+    if path.is_dir():
+        raise BadInput(f"{shown} is a directory; give a file path")
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise BadInput(f"{shown} must end in {' or '.join(suffixes)}")
+    blocker = next((p for p in path.parents if p.exists()), Path("."))
+    if not blocker.is_dir():
+        raise BadInput(f"{shown} cannot be created: {str(blocker)!r} is a file")
+    made = any(path.parent.resolve() == Path(d).resolve() for d in made_folders)
+    if not path.parent.is_dir() and not made:
+        raise BadInput(f"{shown}: folder {str(path.parent)!r} does not exist")
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise BadInput(f"{shown} is an input of this command ({str(source)!r}); "
+                           "give another output file")
+    in_run = any(path.parent.resolve() == Path(d).resolve() for d in run_dirs)
+    if path.suffix == ".pt" or (path.name in RUN_FILE_NAMES and (path.exists() or in_run)):
+        raise BadInput(f"{shown} is a run file (*.pt, {', '.join(RUN_FILE_NAMES[:2])}, DONE); "
+                       "give another output file")
+    folder = path.parent if path.parent.is_dir() else blocker
+    if not _writable(folder) or (path.exists() and not os.access(path, os.W_OK)):
+        raise BadInput(f"{shown} is not writable (permission denied or a read-only file system)")
+
+
+def _writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (asked without writing anything there)."""
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)  # root passes os.access
+    except (OSError, AttributeError):  # no statvfs (Windows): os.access alone
+        read_only = False
+    return not read_only and os.access(folder, os.W_OK)
+
+
+def check_output_dir(option: str, path: Path, *, writable: bool = True) -> None:
+    """Refuse an output folder that exists as a file or cannot be created under a file (or,
+    with ``writable``, whose nearest existing folder is not writable)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise BadInput(f"{option} {str(path)!r} is a file; give a folder")
+    blocker = next((p for p in path.parents if p.exists()), Path("."))
+    if not blocker.is_dir():
+        raise BadInput(f"{option} {str(path)!r} cannot be created: {str(blocker)!r} is a file")
+    if writable and not _writable(blocker):
+        raise BadInput(f"{option} {str(path)!r} is not writable (permission denied)")
+
+
+def require_expr(act: str, expr: str | None) -> None:
+    """``--act expr`` names a user activation: refuse it without ``--expr`` (no silent default)."""
+    if act.strip().lower() == "expr" and expr is None:
+        raise BadInput("--act expr needs --expr EXPRESSION in x, e.g. --expr 'x*tanh(x)'")

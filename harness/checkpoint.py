@@ -5,7 +5,8 @@ runs on load) and rebuilds its model from its own ``config``; see ``docs/archite
 
     {"format": "lowcurv-checkpoint/1", "model": state_dict, "config": model config,
      "train_config": dict, "epoch": int, "metrics": dict, "optimizer": dict,
-     "scheduler": dict, "rng": dict, "best_val_robust_acc": float}
+     "scheduler": dict, "rng": dict, "best_val_robust_acc": float,
+     "image_size": int (side of the training images; absent in older checkpoints)}
 
 Example::
 
@@ -24,6 +25,7 @@ import signal
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,31 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in ("model", "config"):
         if key not in payload:
             raise BadInput(f"checkpoint {str(path)!r} lacks the {key!r} entry")
+    # every reader treats these as mappings of names to values
+    for key in ("model", "config", "train_config"):
+        if key in payload and not isinstance(payload[key], Mapping):
+            raise BadInput(f"checkpoint {str(path)!r} has a {key!r} entry of type "
+                           f"{type(payload[key]).__name__}; allowed: a mapping of names to values")
     return payload
+
+
+def load_state_checked(target: Any, state: Any, what: str) -> None:
+    """``target.load_state_dict(state)`` (a module, optimizer or grad scaler), with any refusal
+    turned into one :class:`BadInput` line that starts with ``what`` (e.g. "checkpoint 'x.pt':
+    'model' does not match its model config") and adds torch's reason.
+
+    torch raises RuntimeError (missing keys, shape mismatch), TypeError (not a mapping),
+    KeyError or ValueError (an optimizer state of the wrong form).
+    """
+    if not isinstance(state, Mapping):
+        raise BadInput(f"{what}: it is a {type(state).__name__}, not a state_dict mapping")
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+        # torch's first line often only names the class; the second names the first bad key
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
+        raise BadInput(f"{what} ({type(err).__name__}: {detail})") from None
 
 
 def _check_archive_crc(path: Path) -> None:
@@ -172,14 +198,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         model = build_model(payload["config"])
     except BadInput as err:
         raise BadInput(f"checkpoint {str(path)!r} has a bad model config: {err}") from None
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        # torch's first line only names the class; the second names the first bad key
-        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-        first_line = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
-        raise BadInput(f"checkpoint {str(path)!r} does not match its model config "
-                       f"({first_line})") from None
+    load_state_checked(model, payload["model"],
+                       f"checkpoint {str(path)!r}: 'model' does not match its model config")
     model.to(device)
     model.eval()
     return model, payload

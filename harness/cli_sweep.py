@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from curvtools.clirun import check_output_dir, check_output_path
+
 
 def _plan_rows(plan) -> list[dict]:
     return [{"name": r.name, "status": r.status, "epochs_done": r.epochs_done,
@@ -77,6 +79,9 @@ def sweep(
         plan_sweep,
     )
 
+    check_output_dir("--runs-dir", runs_dir, writable=False)  # --dry-run only reads
+    spec_file = [Path(spec)] if Path(spec).is_file() else []
+    check_output_path("--json", json_path, inputs=spec_file)
     spec_obj = load_spec(spec)
     settings = parse_settings(set_ or [])
     if data is not None:
@@ -95,6 +100,9 @@ def sweep(
     res = spec_obj.resources_for(scale)
     if res:
         print("  resources per run: " + ", ".join(f"{k}={v}" for k, v in res.items()))
+    # a plan file inside a run folder could replace that run's config.json: refuse it now
+    check_output_path("--json", json_path, inputs=spec_file,
+                      run_dirs=[Path(r.out_dir) for r in plan])
     ran: list[str] = []
     failed: dict[str, str] = {}
     if not dry_run:
@@ -112,7 +120,6 @@ def sweep(
         print(f"sweep {spec_obj.name}: {done} {len(ran)} runs, {len(failed)} failed, "
               f"{counts['finished']} were already finished")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps({"spec": spec_obj.name, "scale": scale,
                                          "dry_run": dry_run, "plan": _plan_rows(plan),
                                          "ran": ran, "failed": failed}, indent=2))

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from curvtools.clirun import check_output_path, check_seed, require_expr
 from curvtools.errors import BadInput
 from curvtools.progress import advance, new_progress
 
@@ -23,23 +24,10 @@ EXIT_DIVERGED = 3
 
 
 def _write_json(path: Path | None, payload: Any) -> None:
+    """Write ``payload``; the path was checked by ``check_output_path`` before any work."""
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def _check_json_path(path: Path | None) -> None:
-    """Fail before any work when ``--json`` cannot be written (a folder, or under a file)."""
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise BadInput(f"--json {str(path)!r} is a directory; give a file path")
-    blocker = next((p for p in path.parents if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise BadInput(f"--json {str(path)!r} cannot be created: {str(blocker)!r} is a file")
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def _parse_milestones(text: str) -> list[float] | None:
@@ -101,7 +89,8 @@ def train_command(
                     ] = "preactresnet18",
     width: Annotated[float, typer.Option(help="Channel multiplier (1.0 = paper).")] = 1.0,
     act: Annotated[str, typer.Option(help="Activation name from the registry "
-                                          "(`curvtools list`).")] = "relu",
+                                          "(`curvtools curvature --act all` lists the "
+                                          "built-in ones; expr needs --expr).")] = "relu",
     k: Annotated[float | None, typer.Option(help="LeakyReLU negative slope.")] = None,
     beta: Annotated[float | None, typer.Option(help="PSwish/Softplus beta.")] = None,
     alpha: Annotated[float | None, typer.Option(help="ELU alpha (activation parameter; the "
@@ -167,16 +156,21 @@ def train_command(
                          ] = None,
 ) -> None:
     """PGD adversarial training (the paper's protocol by default) into a run directory."""
-    _check_json_path(json_path)
+    check_seed("--seed", seed)
+    check_seed("--split-seed", split_seed)
+    require_expr(act, expr)
+    from harness.data import absolute_data_settings
     from harness.distributed import context_from_env
     from harness.train import TrainConfig, TrainingDiverged, run_training
 
     given = {name: value for name, value in ctx.params.items()
              if name not in ("out", "resume", "overwrite", "progress", "json_path")}
     given["lr_milestones"] = _parse_milestones(lr_milestones)
+    given = absolute_data_settings(given)  # the run must find its data from any directory
     if out is None:
         label = TrainConfig.from_dict(given).activation().label
         out = Path("runs") / default_run_name(label, dataset)
+    check_output_path("--json", json_path, run_dirs=[out], made_folders=[out])
     settings = _resume_settings(out, given, _explicit_options(ctx)) if resume else given
     cfg = TrainConfig.from_dict(settings)
     try:
@@ -222,7 +216,8 @@ def eval_command(
                          ] = None,
 ) -> None:
     """Clean and robust test accuracy of a checkpoint (PGD-20, 5 restarts by default)."""
-    _check_json_path(json_path)
+    check_seed("--seed", seed)
+    check_output_path("--json", json_path, inputs=[ckpt], run_dirs=[ckpt.parent])
     from harness.evaluate import evaluate_checkpoint
 
     bar = _EvalBar(progress)
@@ -278,15 +273,25 @@ def demo_command(
                          ] = None,
 ) -> None:
     """Offline demo: adversarially train small nets on digits with ReLU and SiLU, compare."""
-    _check_json_path(json_path)
     import torch
 
-    from harness.demo import DEMO_SETTINGS, format_table, run_demo
+    from harness.demo import (
+        DEMO_SETTINGS,
+        check_demo_dirs,
+        demo_config,
+        format_table,
+        run_demo,
+    )
 
     if epochs < 1:
         raise BadInput(f"--epochs {epochs} must be >= 1")
-    torch.set_num_threads(min(torch.get_num_threads(), 4))
+    check_seed("--seed", seed)
     acts = act or ["relu", "silu"]
+    for name in acts:  # run_demo checks again; here so that nothing is printed first
+        demo_config(name, epochs, seed)
+    run_dirs = check_demo_dirs(acts, out) if out is not None else []
+    check_output_path("--json", json_path, run_dirs=run_dirs, made_folders=run_dirs)
+    torch.set_num_threads(min(torch.get_num_threads(), 4))
     print(f"demo: digits (16x16), PreActResNet-18 width {DEMO_SETTINGS['width']}, "
           f"PGD-{DEMO_SETTINGS['train_steps']} training at eps {DEMO_SETTINGS['eps_255']:g}/255,"
           f" {epochs} epochs per activation: {', '.join(acts)}")

@@ -31,9 +31,10 @@ import hashlib
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -441,6 +442,21 @@ def open_source(spec: str, data_dir: str | Path = "data", download: bool = True)
                            "e.g. imagefolder:../shared/data/cifar10-jpg")
         return ImageFolderSource(path)
     raise BadInput(f"unknown dataset {spec!r}; allowed: {SPEC_HELP}")
+
+
+def absolute_data_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with a relative ``imagefolder:PATH`` (``dataset``) and ``data_dir`` made
+    absolute, relative to the working directory: a run records where its data is, so it can be
+    evaluated, inspected and resumed from any directory."""
+    out = dict(settings)
+    dataset = out.get("dataset")
+    if isinstance(dataset, str) and dataset.strip().lower().startswith("imagefolder:"):
+        path = dataset.strip().split(":", 1)[1]
+        if path:
+            out["dataset"] = f"imagefolder:{Path(path).expanduser().resolve()}"
+    if isinstance(out.get("data_dir"), str) and out["data_dir"]:
+        out["data_dir"] = str(Path(out["data_dir"]).expanduser().resolve())
+    return out
 
 
 # --- splits --------------------------------------------------------------------------------------

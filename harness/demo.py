@@ -20,10 +20,13 @@ Example::
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from curvtools.errors import BadInput
 
 # No augmentation: CIFAR's pipeline (horizontal flips, crops shifting a 16x16 digit by up to 4
 # pixels) changes what a digit is, and with it the nets stayed near chance for 6 epochs (clean
@@ -61,23 +64,70 @@ def run_demo(acts: Sequence[str] = ("relu", "silu"), epochs: int = 4,
     Runs go to ``out_dir/<act>-digits`` (a temporary folder, deleted afterwards, when None).
     """
     from curvtools.activations import resolve
-    from harness.train import TrainConfig, run_training
+    from harness.train import run_training
 
+    # everything is checked before the first run trains: activations, settings, folders
+    activations = [resolve(name) for name in acts]
+    configs = [demo_config(name, epochs, seed) for name in acts]
+    if out_dir is not None:
+        check_demo_dirs(acts, out_dir)
     holder = tempfile.TemporaryDirectory(prefix="lowcurv-demo-") if out_dir is None else None
     base = Path(holder.name if holder is not None else out_dir)
     rows = []
     try:
-        for name in acts:
-            act = resolve(name)
-            cfg = TrainConfig.from_dict(DEMO_SETTINGS | {"act": name, "epochs": epochs,
-                                                         "seed": seed})
+        for name, act, cfg in zip(acts, activations, configs, strict=True):
             run_dir = base / f"{name}-digits"
+            # overwrite=True only replaces a previous demo run (check_demo_dirs) or nothing
             history = run_training(cfg, run_dir, overwrite=True, progress=progress, log=log)
             rows.append(_summary(act, cfg, run_dir, history))
     finally:
         if holder is not None:
             holder.cleanup()
     return rows
+
+
+def demo_config(name: str, epochs: int, seed: int):
+    """The :class:`harness.train.TrainConfig` of the demo run of activation ``name``."""
+    from harness.train import TrainConfig
+
+    return TrainConfig.from_dict(DEMO_SETTINGS | {"act": name, "epochs": epochs, "seed": seed})
+
+
+def is_demo_run(run_dir: Path, name: str) -> bool:
+    """Whether ``run_dir/config.json`` records a demo run of ``name`` (any epochs and seed).
+
+    The demo is rerun over its own runs (``make demo`` twice); any other run must survive.
+    """
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())["train_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not isinstance(stored, dict):
+        return False
+    expected = demo_config(name, 1, 0).to_dict()
+    keys = set(DEMO_SETTINGS) | {"act", "k", "beta", "alpha", "expr"}
+    return all(stored.get(key) == expected.get(key) for key in keys)
+
+
+def check_demo_dirs(acts: Sequence[str], out_dir: str | Path) -> list[Path]:
+    """The run folders ``out_dir/<act>-digits``; :class:`BadInput` when one holds anything but a
+    previous demo run of that activation (the demo replaces its own runs, nothing else)."""
+    from curvtools.clirun import check_output_dir
+
+    out_dir = Path(out_dir)
+    check_output_dir("--out", out_dir)
+    run_dirs = []
+    for name in acts:
+        run_dir = out_dir / f"{name}-digits"
+        check_output_dir("--out", run_dir)
+        # hidden entries are lock and temporary files, never a run's data
+        used = run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir())
+        if used and not is_demo_run(run_dir, name):
+            raise BadInput(f"--out {str(out_dir)!r}: {str(run_dir)!r} holds something other "
+                           "than a previous demo run; the demo would delete it: choose another "
+                           "--out")
+        run_dirs.append(run_dir)
+    return run_dirs
 
 
 def _summary(act, cfg, run_dir: Path, history: list[dict]) -> dict[str, Any]:

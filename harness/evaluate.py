@@ -14,10 +14,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
 
     if attack not in ATTACKS:
         raise BadInput(f"--attack {attack!r}; allowed: {', '.join(ATTACKS)}")
-    _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision)
+    _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision, seed)
     dev = resolve_device(device)
     model, payload = load_model(ckpt, device=dev)
     train_config = payload.get("train_config") or {}
@@ -218,15 +219,16 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision)
     if attack != "pgd" and norm != "linf":
         raise BadInput(f"--attack {attack} supports only the linf norm here")
-    spec = dataset or train_config.get("dataset")
+    run = _run_data_settings(train_config)
+    spec = dataset or run["dataset"]
     if not spec:
         raise BadInput("the checkpoint names no dataset; pass --dataset")
-    source = open_source(spec, data_dir or train_config.get("data_dir", "data"),
-                         bool(train_config.get("download", True)))
+    source = open_source(spec, data_dir or run["data_dir"], run["download"])
+    check_source_fits(source, spec, payload, run["dataset"])
     labels = source.labels("test")
     idx = torch.arange(len(labels)).numpy()
     if n is not None and n < len(labels):
-        idx = stratified_subset(labels, idx, n, int(train_config.get("split_seed", 0)))
+        idx = stratified_subset(labels, idx, n, run["split_seed"])
     batches = DeviceBatches(source.images("test", idx), labels[idx], dev, batch_size=batch_size)
     if on_start is not None:
         on_start(len(batches.images) // batch_size + bool(len(batches.images) % batch_size))
@@ -250,6 +252,72 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
             "seconds": round(time.perf_counter() - started, 3), **result}
 
 
+def _run_data_settings(train_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The data settings ``harness eval`` reads from a checkpoint's ``train_config``, checked
+    (a hand-edited or foreign checkpoint may hold anything)."""
+    from harness.train import SEED_LIMIT
+
+    out = {"dataset": train_config.get("dataset"),
+           "data_dir": train_config.get("data_dir") or "data",
+           "download": train_config.get("download", True),
+           "split_seed": train_config.get("split_seed", 0)}
+    seed = out["split_seed"]
+    problems = {
+        "dataset": (out["dataset"] is None or isinstance(out["dataset"], str), "a dataset name"),
+        "data_dir": (isinstance(out["data_dir"], str), "a folder path"),
+        "download": (isinstance(out["download"], bool), "true or false"),
+        "split_seed": (isinstance(seed, int) and not isinstance(seed, bool)
+                       and 0 <= seed < SEED_LIMIT, "an integer in [0, 2**63)")}
+    for key, (ok, allowed) in problems.items():
+        if not ok:
+            raise BadInput(f"the checkpoint's train_config has {key}={out[key]!r}; "
+                           f"allowed: {allowed}")
+    return out
+
+
+# Image sizes of the named datasets (harness.data), for checkpoints that do not record theirs
+KNOWN_IMAGE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 16}
+
+
+def check_source_fits(source: Any, spec: str, payload: Mapping[str, Any],
+                      trained_on: str | None) -> None:
+    """Raise BadInput when the images of ``source`` (dataset ``spec``) are not what the
+    checkpoint's model was trained on: channels, classes or image size differ.
+
+    Channels and classes come from the model config; the image size from the checkpoint's
+    ``image_size`` (recorded since this check exists), else from the training dataset's name
+    (``trained_on``). A mismatch would otherwise give a traceback (channels, too few classes)
+    or, worse, a meaningless accuracy (a 32px model on 16px images).
+    """
+    from harness.data import open_source
+
+    config = payload["config"]
+    want = {"channels": int(config.get("in_channels", 3)),
+            "classes": int(config.get("num_classes", 10)),
+            "image size": payload.get("image_size")}
+    if not isinstance(want["image size"], int) or isinstance(want["image size"], bool):
+        want["image size"] = None  # not recorded (or garbled): from the dataset name below
+    if want["image size"] is None and isinstance(trained_on, str):
+        key = trained_on.strip().lower()
+        if key in KNOWN_IMAGE_SIZES:
+            want["image size"] = KNOWN_IMAGE_SIZES[key]
+        elif key != spec.strip().lower():  # another image folder: its first image tells
+            with contextlib.suppress(BadInput, OSError):
+                want["image size"] = open_source(trained_on).image_size
+    have = {"channels": source.in_channels, "classes": source.num_classes,
+            "image size": source.image_size}
+    bad = [k for k in have if want[k] is not None and have[k] != want[k]]
+    if bad:
+        def describe(values):
+            words = {"channels": "{} channels", "classes": "{} classes",
+                     "image size": "{0}x{0} images"}
+            return ", ".join(words[k].format(values[k]) for k in bad)
+
+        origin = f" (trained on {trained_on})" if trained_on else ""
+        raise BadInput(f"dataset {spec!r} has {describe(have)}; the checkpoint's model takes "
+                       f"{describe(want)}{origin}")
+
+
 def _run_number(given: float | None, train_config: dict, key: str, default: float) -> float:
     """``given``, else the run's setting (from the checkpoint), else ``default``."""
     if given is not None:
@@ -261,7 +329,8 @@ def _run_number(given: float | None, train_config: dict, key: str, default: floa
     return float(value)
 
 
-def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision) -> None:
+def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision,
+                        seed=0) -> None:
     """Raise BadInput for the first bad number (``eps_255``, ``alpha_255``: None is the run's)."""
     if n is not None and n < 1:
         raise BadInput(f"--n {n} must be >= 1")
@@ -275,5 +344,7 @@ def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, prec
         raise BadInput(f"--alpha-255 {alpha_255} must be > 0")
     if batch_size < 1:
         raise BadInput(f"--batch-size {batch_size} must be >= 1")
+    if not 0 <= seed < 2**63:  # torch.Generator.manual_seed takes a signed 64-bit integer
+        raise BadInput(f"--seed {seed} must be an integer in [0, 2**63)")
     if precision not in ("fp32", "bf16", "fp16", "auto"):
         raise BadInput(f"--precision {precision!r}; allowed: fp32, bf16, fp16, auto")

@@ -42,6 +42,10 @@ from paper_figs.specs import Spec, load_spec, run_dir
 __all__ = ["PlannedRun", "plan_sweep", "LocalExecutor", "Executor", "load_spec",
            "parse_settings", "finished_epochs", "check_no_conflicts", "STATUSES"]
 
+# harness.train.RUN_LOCK, the lock file of a training process (not imported: no torch here)
+RUN_LOCK = ".lock"
+
+
 def _resumable_changes() -> tuple[str, ...]:
     """Settings that may differ between a run directory and the spec without making it another
     run: ``harness.train.RESUMABLE_CHANGES``, what ``run_training(resume=True)`` accepts."""
@@ -203,18 +207,9 @@ def run_status(out_dir: Path, epochs_total: int, planned_config: Any) -> tuple[s
         return "finished", done, ""
     if (out_dir / "last.pt").is_file():
         return "resume", done, f"from epoch {done}"
-    if any(out_dir.iterdir()):
+    if any(p.name != RUN_LOCK for p in out_dir.iterdir()):
         return "restart", done, "no last.pt: starts over"
     return "start", 0, ""
-
-
-def _absolute_data(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """A user's relative ``imagefolder:PATH`` is relative to the working directory."""
-    dataset = settings.get("dataset")
-    if isinstance(dataset, str) and dataset.startswith("imagefolder:"):
-        path = Path(dataset.split(":", 1)[1]).expanduser()
-        return {**settings, "dataset": f"imagefolder:{path.resolve()}"}
-    return dict(settings)
 
 
 def plan_sweep(spec: Spec | str | Path, runs_dir: str | Path, scale: str = "paper", *,
@@ -239,9 +234,11 @@ def plan_sweep(spec: Spec | str | Path, runs_dir: str | Path, scale: str = "pape
                 raise BadInput(f"--only {name!r}: spec {spec.name!r} at scale {scale!r} has "
                                f"runs {', '.join(known)}")
         runs = [(name, cfg) for name, cfg in runs if name in only]
+    from harness.data import absolute_data_settings
+
     plan = []
     for name, cfg in runs:
-        merged = {**cfg, **_absolute_data(settings or {})}
+        merged = {**cfg, **absolute_data_settings(settings or {})}
         config = build(merged)
         total = int(_config_value(config, "epochs") or 0)
         out_dir = run_dir(runs_dir, scale, spec.name, name)

@@ -68,6 +68,7 @@ from harness.distributed import (
     DistContext,
     all_reduce_sum,
     barrier,
+    context_from_env,
     evaluate_sharded,
     per_rank_batch,
     setup,
@@ -76,11 +77,16 @@ from harness.distributed import (
 from harness.metrics_file import read_metrics
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_TYPES = ("cpu", "cuda", "mps")
 ATTACK_BN_MODES = ("train", "eval")
 # torch.compile modes for --compile; the "reduce-overhead" modes bring CUDA graphs of their own,
 # which the step's graphs (harness.graphs) already provide
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
+# Held (flock) by the process training in a run directory; never part of the run's files
+RUN_LOCK = ".lock"
+# Seeds feed torch.manual_seed and numpy's default_rng through signed 64-bit integers
+SEED_LIMIT = 2**63
 
 # Settings that may change when resuming: they do not change what is computed (epochs: unless it
 # moves an auto learning-rate milestone the trained epochs have passed, _check_resume_config).
@@ -219,8 +225,8 @@ def _validate(c: TrainConfig) -> None:
     _need(_is_num(c.val_fraction) and 0 < c.val_fraction < 1,
           f"val_fraction={c.val_fraction!r} must be in (0, 1) (the paper: 0.1)")
     for name in ("split_seed", "seed"):
-        _need(_is_int(getattr(c, name)) and getattr(c, name) >= 0,
-              f"{name}={getattr(c, name)!r} must be an integer >= 0")
+        _need(_is_int(getattr(c, name)) and 0 <= getattr(c, name) < SEED_LIMIT,
+              f"{name}={getattr(c, name)!r} must be an integer in [0, 2**63)")
     for name in ("train_subset", "val_subset", "test_subset"):
         v = getattr(c, name)
         _need(v is None or (_is_int(v) and v >= 1),
@@ -279,10 +285,15 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise BadInput(f"device={name!r} is not a device; "
-                       f"allowed: auto, cpu, cuda, cuda:N") from None
+        device = None
+    # torch knows more device types (meta, xla, ...) than models and data can run on here
+    if device is None or device.type not in DEVICE_TYPES:
+        raise BadInput(f"device={name!r} is not a device this harness runs on; "
+                       f"allowed: auto, cpu, cuda, cuda:N, mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(f"device={name!r} but CUDA is not available here; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BadInput(f"device={name!r} but MPS is not available here; use --device cpu")
     return device
 
 
@@ -420,6 +431,10 @@ def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool,
     test_idx = np.arange(len(test_labels), dtype=np.int64)
     if cfg.test_subset is not None:
         test_idx = stratified_subset(test_labels, test_idx, cfg.test_subset, cfg.split_seed)
+    if len(train_idx) == 0:
+        raise BadInput(f"val_fraction={cfg.val_fraction} of {len(train_labels)} training images "
+                       f"leaves no training image; allowed: less than "
+                       f"1 - 0.5/{len(train_labels)}")
     if cfg.batch_size > len(train_idx):
         raise BadInput(f"batch_size={cfg.batch_size} is larger than the training set "
                        f"({len(train_idx)} images)")
@@ -488,7 +503,7 @@ def _prepare_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
     if blocker is not None and not blocker.is_dir():
         raise BadInput(f"output path {str(out_dir)!r} cannot be created: {str(blocker)!r} is "
                        f"a file, not a folder")
-    has_run = out_dir.is_dir() and any(out_dir.iterdir())
+    has_run = out_dir.is_dir() and any(p.name != RUN_LOCK for p in out_dir.iterdir())
     if resume and not (out_dir / "last.pt").is_file():
         hint = ("it stopped before its first checkpoint: start over with --overwrite"
                 if has_run else "start the run without --resume")
@@ -774,7 +789,141 @@ def _restore_rng(state: Mapping[str, Any], device: torch.device) -> None:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["torch_cuda"]])
 
 
+def _check_resume_payload(ckpt: Mapping[str, Any], path: Path,
+                          rows: list[dict]) -> tuple[int, float]:
+    """``(epochs done, best validation robust accuracy)`` of a ``last.pt`` to resume from.
+
+    Raises :class:`BadInput` naming the first entry that resuming could not use: a damaged or
+    foreign file must be refused before anything in the run directory changes. ``rows``: the
+    run's ``metrics.jsonl``, which must hold every epoch before the checkpoint's (its own row
+    may be missing: resuming restores it from the checkpoint).
+    """
+    where = f"checkpoint {str(path)!r}"
+    epoch = ckpt.get("epoch")
+    if not _is_int(epoch) or epoch < 0:
+        raise BadInput(f"{where} has epoch={epoch!r}; allowed: an integer >= 0")
+    recorded = max((r["epoch"] for r in rows if _is_int(r.get("epoch"))), default=0)
+    if epoch > recorded + 1:
+        raise BadInput(f"{where} has epoch={epoch}, but metrics.jsonl records epochs up to "
+                       f"{recorded}; allowed: epoch <= {recorded + 1} (start over with "
+                       f"--overwrite)")
+    if epoch > recorded and not isinstance(ckpt.get("metrics"), Mapping):
+        raise BadInput(f"{where} has metrics={ckpt.get('metrics')!r}; allowed: the metrics row "
+                       f"of epoch {epoch} (metrics.jsonl lacks it)")
+    best = ckpt.get("best_val_robust_acc", -1.0)
+    if not _is_num(best):
+        raise BadInput(f"{where} has best_val_robust_acc={best!r}; allowed: a finite number")
+    if "optimizer" not in ckpt:
+        raise BadInput(f"{where} lacks the 'optimizer' entry (the SGD momentum to resume with)")
+    for key in ("rng", "grad_scaler"):
+        if key in ckpt and not isinstance(ckpt[key], Mapping):
+            raise BadInput(f"{where} has a {key!r} entry of type {type(ckpt[key]).__name__}; "
+                           f"allowed: a mapping")
+    _check_rng_state(ckpt.get("rng", {}), where)
+    return int(epoch), float(best)
+
+
+def _check_rng_state(state: Mapping[str, Any], where: str) -> None:
+    """The saved RNG states have the form :func:`_restore_rng` sets (torch checks only then)."""
+    cpu = state.get("torch_cpu")
+    size = torch.get_rng_state().numel()
+    if cpu is not None and not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8
+                                and cpu.numel() == size):
+        found = (f"{cpu.dtype} tensor of {cpu.numel()} values"
+                 if isinstance(cpu, torch.Tensor) else type(cpu).__name__)
+        raise BadInput(f"{where} has rng.torch_cpu = a {found}; allowed: torch.get_rng_state(), "
+                       f"a uint8 tensor of {size} bytes")
+    cuda = state.get("torch_cuda")
+    if cuda is not None and not (isinstance(cuda, list | tuple)
+                                 and all(isinstance(t, torch.Tensor) for t in cuda)):
+        raise BadInput(f"{where} has rng.torch_cuda of type {type(cuda).__name__}; allowed: a "
+                       f"list of torch.cuda.get_rng_state() tensors")
+
+
+def _restore_engine(engine: Engine, ckpt: Mapping[str, Any], path: Path) -> None:
+    """Load the model, optimizer, loss scaler and RNG states of ``ckpt`` into ``engine``.
+
+    Raises :class:`BadInput` naming the entry that does not fit, before the run changes any file
+    (SGD does not check its momentum buffers' shapes itself: a wrong one would fail mid-epoch).
+    """
+    from harness.checkpoint import load_state_checked
+
+    where = f"checkpoint {str(path)!r}"
+    load_state_checked(engine.net, ckpt["model"],
+                       f"{where}: 'model' does not fit the model of the run's settings")
+    load_state_checked(engine.optimizer, ckpt["optimizer"],
+                       f"{where}: 'optimizer' does not fit the run's SGD")
+    for group in engine.optimizer.param_groups:
+        for p in group["params"]:
+            buffer = engine.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buffer is not None and not (isinstance(buffer, torch.Tensor)
+                                           and buffer.shape == p.shape):
+                found = (tuple(buffer.shape) if isinstance(buffer, torch.Tensor)
+                         else type(buffer).__name__)
+                raise BadInput(f"{where}: 'optimizer' has a momentum buffer of shape {found} "
+                               f"for a parameter of shape {tuple(p.shape)}")
+    if engine.scaler.is_enabled() and ckpt.get("grad_scaler"):  # fp16 before and now
+        load_state_checked(engine.scaler, ckpt["grad_scaler"],
+                           f"{where}: 'grad_scaler' does not fit the fp16 loss scaler")
+    _restore_rng(ckpt.get("rng", {}), engine.device)
+
+
+class _RunLock:
+    """An exclusive ``flock`` on ``out_dir/.lock`` (:data:`RUN_LOCK`) for the whole run.
+
+    Two processes training into one directory (two ``--resume`` of one run, say) would write
+    the same epochs twice; the second is refused with :class:`BadInput`. The lock file stays
+    (removing it would race with a process opening it); it is not one of the run's files. The
+    kernel releases the lock when the process exits, however it exits. Where ``fcntl`` is
+    missing (Windows) or the filesystem has no locks, runs are not locked.
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool = True):
+        self.out_dir, self.enabled = out_dir, enabled
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        """True once acquired, or when this process need not lock."""
+        return self.fd is not None or not self.enabled
+
+    def acquire(self) -> None:
+        """Take the lock (creating ``out_dir``); BadInput when another process holds it."""
+        if self.held:
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not on Linux/macOS
+            self.enabled = False
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.out_dir / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise BadInput(f"another process is training in {str(self.out_dir)!r} (it holds "
+                           f"{str(self.out_dir / RUN_LOCK)!r}); wait for it to end or use "
+                           f"another output folder") from None
+        except OSError:  # a filesystem without locks: train unlocked, as before
+            os.close(fd)
+            self.enabled = False
+            return
+        self.fd = fd
+
+    def __enter__(self) -> _RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = None
+
+
 def _check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any], epochs_done: int) -> None:
+    if cfg.epochs < epochs_done:
+        raise BadInput(f"--resume: epochs={cfg.epochs} is fewer than the {epochs_done} epochs "
+                       f"the run has trained; allowed: epochs >= {epochs_done}")
     current = cfg.to_dict()
     for key, value in stored.items():
         if key in RESUMABLE_CHANGES or key not in current:
@@ -784,7 +933,11 @@ def _check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any], epochs_don
                            f"{value!r}; only {', '.join(RESUMABLE_CHANGES)} may change")
     # "auto" milestones follow the epochs: a new epoch count must not move a milestone that
     # the epochs already trained have passed (their learning rates would not be those recorded)
-    if cfg.lr_milestones is None and stored.get("epochs", cfg.epochs) != cfg.epochs:
+    stored_epochs = stored.get("epochs", cfg.epochs)
+    if not _is_int(stored_epochs) or stored_epochs < 1:
+        raise BadInput(f"--resume: the run's train_config has epochs={stored_epochs!r}; "
+                       f"allowed: an integer >= 1")
+    if cfg.lr_milestones is None and stored_epochs != cfg.epochs:
         before = dataclasses.replace(cfg, epochs=int(stored["epochs"])).milestones()
         passed = [m for m in before if m <= epochs_done]
         if passed != [m for m in cfg.milestones() if m <= epochs_done]:
@@ -827,9 +980,10 @@ def _run_record(cfg: TrainConfig, data: RunData, model_config: dict, device: tor
 
 
 def _checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dict,
-                        best: float, precision_changes: list) -> dict[str, Any]:
+                        best: float, precision_changes: list, image_size: int) -> dict[str, Any]:
     cfg = engine.cfg
-    return {"model": engine.net.state_dict(), "config": model_config,
+    # image_size: what the model was trained on (harness eval refuses other image sizes)
+    return {"model": engine.net.state_dict(), "config": model_config, "image_size": image_size,
             "train_config": cfg.to_dict(), "epoch": epoch, "metrics": row,
             "precision": precision_name(engine.amp), "precision_changes": precision_changes,
             "optimizer": engine.optimizer.state_dict(),
@@ -893,15 +1047,31 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     ``last.pt`` then hold the last good epoch). ``progress`` shows a rich progress bar and
     prints one summary line per epoch (``log`` receives the same lines when given).
     """
-    from harness.checkpoint import load_checkpoint, save_checkpoint
-
     cfg.validate()
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, resume, overwrite)
-    ckpt = None
+    # Data parallel: rank 0 holds the lock for all ranks (the others only read the run dir)
+    with _RunLock(out_dir, enabled=context_from_env().is_main) as lock:
+        if out_dir.is_dir():  # an existing run: no other process may change it while we check
+            lock.acquire()
+            _prepare_out_dir(out_dir, resume, overwrite)  # as it is now that we hold the lock
+        return _train(cfg, out_dir, resume, overwrite, progress, log, lock)
+
+
+def _train(cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progress: bool,
+           log: Callable[[str], None] | None, lock: _RunLock) -> list[dict]:
+    """:func:`run_training` once ``out_dir`` is checked: every check (settings, resume payload,
+    data, model) comes before the first write."""
+    from harness.checkpoint import load_checkpoint, save_checkpoint
+
+    metrics_path = out_dir / "metrics.jsonl"
+    ckpt, rows = None, []
+    start_epoch, best = 0, -1.0
     if resume:
         ckpt = load_checkpoint(out_dir / "last.pt")
-        _check_resume_config(cfg, ckpt.get("train_config", {}), int(ckpt["epoch"]))
+        rows = read_metrics(metrics_path)
+        start_epoch, best = _check_resume_payload(ckpt, out_dir / "last.pt", rows)
+        _check_resume_config(cfg, ckpt.get("train_config") or {}, start_epoch)
     dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
     main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)
@@ -909,17 +1079,15 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     data = load_run_data(cfg, device, channels_last, dist)  # may raise BadInput: nothing written
     model_config = _model_config(cfg, data)
     engine = _build_engine(cfg, model_config, device, amp, channels_last, dist)
+    if ckpt is not None:
+        _restore_engine(engine, ckpt, out_dir / "last.pt")  # may raise BadInput: nothing written
+    if main and not lock.held:
+        lock.acquire()  # a new directory: created now, and checked again under the lock
+        _prepare_out_dir(out_dir, resume, overwrite)
     barrier(dist)  # every rank has checked out_dir before rank 0 changes it
 
-    start_epoch, best = 0, -1.0
     if ckpt is not None:
         _remove_stale_temp_files(out_dir)
-        engine.net.load_state_dict(ckpt["model"])
-        engine.optimizer.load_state_dict(ckpt["optimizer"])
-        if engine.scaler.is_enabled() and ckpt.get("grad_scaler"):  # fp16 before and now
-            engine.scaler.load_state_dict(ckpt["grad_scaler"])
-        _restore_rng(ckpt.get("rng", {}), device)
-        start_epoch, best = int(ckpt["epoch"]), float(ckpt.get("best_val_robust_acc", -1.0))
     elif overwrite and out_dir.is_dir():
         if main:
             _clear_run_files(out_dir)
@@ -945,9 +1113,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     if precision_changes:
         record["resolved"]["precision_changes"] = precision_changes
     write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
-    metrics_path = out_dir / "metrics.jsonl"
-    rows = [r for r in read_metrics(metrics_path) if int(r.get("epoch", 0)) <= start_epoch]
-    if ckpt is not None and start_epoch and not any(r.get("epoch") == start_epoch for r in rows):
+    rows = [r for r in rows if _is_int(r.get("epoch")) and r["epoch"] <= start_epoch]
+    if ckpt is not None and start_epoch and not any(r["epoch"] == start_epoch for r in rows):
         rows.append(dict(ckpt["metrics"]))  # the file lost the checkpoint's row: restore it
     write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
@@ -974,7 +1141,8 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
             append_metrics(metrics_path, row)
             rows.append(row)
             payload = _checkpoint_payload(engine, model_config, epoch + 1, row,
-                                          max(best, row["val_robust_acc"]), precision_changes)
+                                          max(best, row["val_robust_acc"]), precision_changes,
+                                          int(data.source_info["image_size"]))
             if row["val_robust_acc"] > best:
                 best = row["val_robust_acc"]
                 save(out_dir / "best.pt", payload)

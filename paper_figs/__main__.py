@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from curvtools.clirun import new_app, run_app
+from curvtools.clirun import check_output_dir, check_output_path, new_app, run_app
 from curvtools.errors import BadInput
 
 app = new_app("Render the paper's figures and tables from run directories.")
@@ -58,6 +58,8 @@ def main(
     for name in only or []:
         if name not in names:
             raise BadInput(f"--only {name!r}: entries are {', '.join(names)}")
+    check_output_dir("--out", out)
+    check_output_path("--json", json_path)
     results = render_all(Context(runs_dir, out, scale), only or None)
     for r in results:
         if r.outputs:
@@ -74,7 +76,6 @@ def main(
     rendered = [r.name for r in results if r.outputs]
     print(f"{len(rendered)}/{len(results)} entries rendered into {out}")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps([{"name": r.name, "outputs": [str(p) for p in r.outputs],
                                           "missing": r.missing, "unavailable": r.unavailable,
                                           "error": r.error}

@@ -130,7 +130,11 @@ def load_spec(name_or_path: str | Path) -> Spec:
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
             raise BadInput(f"spec file {text!r} does not exist")
-        raw, source = path.read_text(), str(path)
+        try:
+            raw, source = path.read_text(encoding="utf-8"), str(path)
+        except UnicodeDecodeError as err:
+            raise BadInput(f"spec file {text!r} is not UTF-8 text (byte {err.start}); "
+                           f"allowed: a UTF-8 JSON file") from None
     else:
         folder = resources.files("paper_figs") / "specs"
         entry = folder / f"{text}.json"
@@ -153,6 +157,12 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _is_folder_name(name: Any) -> bool:
+    """Spec and run names become folders (:func:`run_dir`): exactly one path component."""
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and not any(c in name for c in "/\\\0"))
+
+
 def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     """Validate the structure of a spec dict (not the TrainConfig fields) and build a Spec."""
     if not isinstance(data, dict):
@@ -162,8 +172,9 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
         raise BadInput(f"spec {source}: unknown keys {sorted(unknown)}; allowed: name, "
                        "description, defaults, runs, resources, scales")
     name = data.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise BadInput(f"spec {source}: 'name' must be a non-empty string without '/'")
+    if not _is_folder_name(name):
+        raise BadInput(f"spec {source}: 'name' {name!r} must be a folder name: non-empty, not "
+                       f"'.' or '..', without '/', '\\' or NUL")
     runs_raw = data.get("runs")
     if not isinstance(runs_raw, list) or not runs_raw:
         raise BadInput(f"spec {source}: 'runs' must be a non-empty list")
@@ -171,8 +182,9 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     for i, run in enumerate(runs_raw):
         if not isinstance(run, dict) or not isinstance(run.get("name"), str) or not run["name"]:
             raise BadInput(f"spec {source}: runs[{i}] needs a non-empty 'name'")
-        if "/" in run["name"] or run["name"] in {r for r, _ in runs}:
-            raise BadInput(f"spec {source}: run name {run['name']!r} is repeated or has '/'")
+        if not _is_folder_name(run["name"]) or run["name"] in {r for r, _ in runs}:
+            raise BadInput(f"spec {source}: run name {run['name']!r} is repeated or not a folder "
+                           f"name (non-empty, not '.' or '..', without '/', '\\' or NUL)")
         runs.append((run["name"], _mapping(run.get("overrides"), f"{source} runs[{i}].overrides")))
     scales = {}
     for sname, sraw in _mapping(data.get("scales"), f"{source} scales").items():

@@ -47,6 +47,10 @@ def prepared(tmp_path_factory) -> Path:
     (root / "old.json").write_text('{"keep": "me"}\n')
     (root / "file.txt").write_text("a regular file, not a folder\n")
     (root / "empty").mkdir()
+    other = root / "relu-digits"  # where `harness demo --out P` would put its relu run
+    other.mkdir()
+    (other / "config.json").write_text('{"train_config": {"act": "relu", "width": 1.0}}\n')
+    (other / "metrics.jsonl").write_text('{"epoch": 1, "lr": 0.1}\n')
     partial = root / "partial"  # a run killed before its first checkpoint
     partial.mkdir()
     (partial / "config.json").write_text('{"train_config": {"epochs": 3}}\n')
@@ -162,10 +166,65 @@ CASES = [
     ("eval-missing-ckpt", "harness", ["eval", "--ckpt", "{P}/nope.pt"], "nope.pt"),
     ("eval-json-is-a-folder", "harness", EVAL + ["--json", "{P}/empty"],
      "empty"),
+    # output paths never replace an input or a run file; seeds fit numpy/torch (0 <= s < 2**63)
+    ("eval-json-is-its-checkpoint", "harness", EVAL + ["--json", CKPT], "input"),
+    ("eval-json-is-a-run-file", "harness", EVAL + ["--json", "{P}/run/metrics.jsonl"],
+     "run file"),
+    ("eval-json-config-of-the-run", "harness", EVAL + ["--json", "{P}/run/config.json"],
+     "run file"),
+    ("eval-seed-negative", "harness", EVAL + ["--seed", "-1"], "--seed"),
+    ("eval-seed-too-large", "harness", EVAL + ["--seed", str(2**63)], "--seed"),
+    ("train-seed-too-large", "harness", TRAIN + ["--seed", "100000000000000000000000"],
+     "--seed"),
+    ("train-split-seed-negative", "harness", TRAIN + ["--split-seed", "-1"], "--split-seed"),
+    ("train-json-is-a-checkpoint-name", "harness", TRAIN + ["--json", "{P}/x.pt"], "run file"),
+    ("train-json-into-its-own-run", "harness", TRAIN + ["--json", "{P}/new-run/config.json"],
+     "run file"),
+    ("train-json-in-missing-folder", "harness", TRAIN + ["--json", "{P}/no/t.json"], "folder"),
+    ("train-expr-without-expr", "harness", TRAIN + ["--act", "expr"], "--expr"),
+    ("demo-would-replace-another-run", "harness",
+     ["demo", "--act", "relu", "--epochs", "1", "--out", "{P}"], "demo"),
+    ("demo-unknown-second-activation", "harness",
+     ["demo", "--act", "relu", "--act", "swishy", "--out", "{P}/demo"], "swishy"),
+    ("demo-seed-negative", "harness", ["demo", "--seed", "-1"], "--seed"),
+    ("hessian-csv-is-its-checkpoint", "curvtools", HESSIAN + ["--csv", CKPT], "input"),
+    ("hessian-json-is-a-checkpoint-of-the-run-dir", "curvtools",
+     ["hessian", "--ckpt", "{P}/run", "--json", "{P}/run/best.pt"], "input"),
+    ("hessian-csv-is-a-run-file", "curvtools", HESSIAN + ["--csv", "{P}/run/metrics.jsonl"],
+     "run file"),
+    ("hessian-plot-txt", "curvtools", HESSIAN + ["--plot", "{P}/h.txt"], ".png"),
+    ("hessian-plot-without-suffix", "curvtools", HESSIAN + ["--plot", "{P}/h"], ".png"),
+    ("hessian-tol-one", "curvtools", HESSIAN + ["--tol", "1"], "--tol"),
+    ("hessian-tol-inf", "curvtools", HESSIAN + ["--tol", "inf"], "--tol"),
+    ("hessian-seed-negative", "curvtools", HESSIAN + ["--seed", "-1"], "--seed"),
+    ("hessian-seed-too-large", "curvtools", HESSIAN + ["--seed", "100000000000000000000000"],
+     "--seed"),
+    ("lemma-tol-one", "curvtools", LEMMA + ["--tol", "1"], "--tol"),
+    ("lemma-tol-inf", "curvtools", LEMMA + ["--tol", "inf"], "--tol"),
+    ("lemma-seed-negative", "curvtools", LEMMA + ["--seed", "-1"], "--seed"),
+    ("lemma-json-is-its-checkpoint", "curvtools", LEMMA + ["--json", CKPT], "input"),
+    ("twolayer-seed-too-large", "curvtools",
+     ["twolayer", "--act", "silu", "--seed", "100000000000000000000000"], "--seed"),
+    ("curvature-expr-without-expr", "curvtools", ["curvature", "--act", "expr"], "--expr"),
+    ("sweep-json-is-a-folder", "harness", SWEEP + ["--json", "{P}/empty"], "directory"),
+    ("sweep-json-in-missing-folder", "harness", SWEEP + ["--json", "{P}/no/plan.json"],
+     "folder"),
+    ("sweep-runs-dir-is-a-file", "harness",
+     ["sweep", "table1-cifar10", "--scale", "mini", "--dry-run", "--runs-dir", "{P}/file.txt"],
+     "file.txt"),
+    ("paper-figs-json-is-a-folder", "paper_figs",
+     ["--runs-dir", "{P}/runs", "--out", "{P}/figs", "--json", "{P}/empty"], "directory"),
+    ("paper-figs-out-is-a-file", "paper_figs", ["--runs-dir", "{P}/runs", "--out", "{P}/file.txt"],
+     "file.txt"),
 ]
 
 
 def _main_and_app(prog: str):
+    if prog == "paper_figs":  # one command: argv holds only its options
+        from curvtools.clirun import run_app
+        from paper_figs.__main__ import app
+
+        return (lambda argv: run_app(app, "python -m paper_figs", argv)), None
     if prog == "curvtools":
         from curvtools.cli import app, main
     else:
@@ -184,7 +243,7 @@ def _registered(app, command: str) -> bool:
 def test_bad_invocation_exits_2_with_one_line_and_touches_nothing(case_id, prog, argv, word,
                                                                   prepared, capsys, monkeypatch):
     main, app = _main_and_app(prog)
-    if not _registered(app, argv[0]):
+    if app is not None and not _registered(app, argv[0]):
         pytest.skip(f"{prog} {argv[0]} is not registered in this build yet")
     if argv[0] == "lemma":
         pytest.importorskip("curvtools.lemma")

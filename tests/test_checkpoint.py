@@ -9,7 +9,13 @@ import torch
 
 from curvtools.activations import resolve
 from curvtools.errors import BadInput
-from harness.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
+from harness.checkpoint import (
+    FORMAT,
+    load_checkpoint,
+    load_model,
+    load_state_checked,
+    save_checkpoint,
+)
 from harness.models import build_model
 
 
@@ -102,3 +108,31 @@ def test_state_dict_that_does_not_fit_the_config_is_bad_input(tmp_path):
     save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": config})
     with pytest.raises(BadInput, match="does not match"):
         load_model(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("key,value", [("train_config", ["digits"]), ("train_config", "digits"),
+                                       ("model", [1, 2]), ("model", torch.zeros(3)),
+                                       ("config", "preactresnet18")])
+def test_entries_read_as_mappings_must_be_mappings(tmp_path, key, value):
+    model = build_model(_config())
+    payload = {"model": model.state_dict(), "config": _config(),
+               "train_config": {"dataset": "digits"}}
+    save_checkpoint(tmp_path / "m.pt", payload | {key: value})
+    with pytest.raises(BadInput, match=rf"has a '{key}' entry of type "
+                                       rf"{type(value).__name__}; allowed: a mapping"):
+        load_checkpoint(tmp_path / "m.pt")
+
+
+def test_every_load_state_dict_refusal_is_one_line_bad_input():
+    model = build_model(_config())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    two_groups = {"state": {}, "param_groups": [{"params": [0]}, {"params": [1]}]}
+    for target, state, kind in [(model, {"core.conv1.weight": torch.zeros(1)}, "RuntimeError"),
+                                (optimizer, two_groups, "ValueError"),
+                                (optimizer, {"state": {}}, "KeyError"),
+                                (model, [1, 2], "not a state_dict mapping")]:
+        with pytest.raises(BadInput) as err:
+            load_state_checked(target, state, "checkpoint 'x.pt': 'part' does not fit")
+        message = str(err.value)
+        assert message.startswith("checkpoint 'x.pt': 'part' does not fit") and kind in message
+        assert "\n" not in message

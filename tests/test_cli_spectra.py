@@ -41,8 +41,10 @@ def test_hessian_cli_writes_json_csv_plot_matching_the_library(run_dir, tmp_path
     main(["hessian", "--ckpt", str(run_dir / "silu.pt"), "--n", "3", "--batch", "2",
           "--dtype", "float64", "--tol", "1e-2", "--max-iter", "20", "--json", str(out),
           "--csv", str(tmp_path / "h.csv"), "--plot", str(tmp_path / "h.png"), "--device", "cpu"])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "lambda_max" in printed and "share |lambda_min| > lambda_max" in printed
+    assert captured.err == ""  # the transient bar leaves no blank line before a later error
     body = json.loads(out.read_text())
     assert len(body["examples"]) == 3 and body["summary"]["n"] == 3
     assert (tmp_path / "h.png").stat().st_size > 0
@@ -107,6 +109,7 @@ def test_lemma_cli_reports_bounds_beside_the_attack(run_dir, tmp_path, capsys):
           "--json", str(out)])
     printed = capsys.readouterr().out
     assert "quadratic" in printed  # the bounds-vs-real-net caveat is printed
+    assert "nu converged (relative Ritz residual <= --tol) for " in printed
     body = json.loads(out.read_text())
     assert len(body["examples"]) == 2 and "quadratic" in body["note"]
     for e in body["examples"]:
@@ -148,3 +151,49 @@ def test_lemma_quantities_and_attack_match_the_closed_form_on_a_linear_classifie
     # PGD-l2 from a random start keeps part of its orthogonal start component, so it lands a
     # little outside the exact minimum; bisection resolution is 1/2^10.
     assert np.all(attack <= 1.05 * exact)
+
+
+def test_lemma_cli_says_when_nu_did_not_converge(run_dir, capsys):
+    main(["lemma", "--ckpt", str(run_dir / "silu.pt"), "--n", "2", "--steps", "1",
+          "--bisect-steps", "1", "--max-iter", "1", "--device", "cpu"])
+    assert "nu converged (relative Ritz residual <= --tol) for 0/2 examples" in \
+        capsys.readouterr().out
+
+
+def test_hessian_on_a_run_directory_checks_every_checkpoint_before_any_work(run_dir, tmp_path,
+                                                                            capsys):
+    damaged = tmp_path / "run"
+    damaged.mkdir()
+    for name in ("epoch_0001.pt", "epoch_0002.pt", "last.pt"):
+        (damaged / name).write_bytes((run_dir / name).read_bytes())
+    (damaged / "epoch_0002.pt").write_bytes((run_dir / "epoch_0002.pt").read_bytes()[:300])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["hessian", "--ckpt", str(damaged), "--n", "2", "--max-iter", "4",
+              "--json", str(tmp_path / "curve.json"), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2 and "epoch_0002.pt" in captured.err
+    assert captured.err.count("\n") == 1 and "lambda_max" not in captured.out  # no work done
+
+
+@pytest.mark.parametrize("args,word", [
+    (["--tol", "1"], "--tol"), (["--tol", "inf"], "--tol"), (["--seed", "-1"], "--seed"),
+    (["--plot", "h.txt"], ".png"), (["--plot", "h"], ".png")])
+def test_hessian_refuses_bad_tol_seed_and_plot_suffix_before_any_work(run_dir, tmp_path,
+                                                                       capsys, args, word):
+    args = [str(tmp_path / a) if a.startswith("h") else a for a in args]
+    with pytest.raises(SystemExit) as exc:
+        main(["hessian", "--ckpt", str(run_dir / "last.pt"), "--n", "2", "--device", "cpu",
+              "--json", str(tmp_path / "h.json"), *args])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and word in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hessian_outputs_never_replace_the_checkpoints_they_read(run_dir, capsys):
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    for option, target in (("--csv", "last.pt"), ("--json", "epoch_0001.pt")):
+        with pytest.raises(SystemExit) as exc:
+            main(["hessian", "--ckpt", str(run_dir), "--n", "2", option, str(run_dir / target)])
+        assert exc.value.code == 2 and "input" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,7 @@ def test_train_resume_and_eval_commands(tmp_path, capsys):
     assert summary["last"]["epoch"] == 1
     stored = json.loads((out / "config.json").read_text())["train_config"]
     assert stored["act"] == "pswish" and stored["beta"] == 4.0
+    assert stored["data_dir"] == str(Path("data").resolve())  # found from any directory
 
     # an existing run is never overwritten without --resume/--overwrite: one line, exit 2
     before = (out / "metrics.jsonl").read_text()
@@ -84,17 +86,70 @@ def test_diverging_run_exits_3_with_one_line(tmp_path, capsys):
     assert (out / "last.pt").is_file() and not (out / "DONE").exists()
 
 
-def test_demo_prints_the_table(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def tiny_demo(monkeypatch):
+    """The real demo (about 2 minutes) in miniature: 100 images, PGD-2 for the table."""
     import harness.demo as demo
 
-    # the real demo (about 2 minutes) in miniature: 100 images, PGD-2 for the table
     monkeypatch.setattr(demo, "DEMO_SETTINGS", demo.DEMO_SETTINGS | {
         "train_subset": 100, "val_subset": 20, "test_subset": 50, "width": 0.0625,
         "eval_steps": 1, "batch_size": 50})
     monkeypatch.setattr(demo, "DEMO_EVAL_STEPS", 2)
+    return demo
+
+
+def test_demo_prints_the_table(tmp_path, capsys, tiny_demo):
     assert _run(["demo", "--epochs", "1", "--act", "relu", "--no-progress",
                  "--json", str(tmp_path / "demo.json")]) == 0
     text = capsys.readouterr().out
     assert "activation" in text and "relu" in text and "gap" in text
     rows = json.loads((tmp_path / "demo.json").read_text())["rows"]
     assert rows[0]["act"] == "relu" and rows[0]["curvature"] == 1.0
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_demo_replaces_its_own_runs_and_nothing_else(tmp_path, capsys, tiny_demo):
+    out = tmp_path / "runs"
+    demo = ["demo", "--epochs", "1", "--act", "relu", "--no-progress", "--out", str(out)]
+    assert _run(demo) == 0
+    first = _files(out / "relu-digits")
+    assert _run(demo) == 0  # `make demo` twice in a row: the second replaces the first
+    assert _files(out / "relu-digits").keys() == first.keys()
+
+    # a run of `harness train` where the demo would put its silu run (not demo settings)
+    other = out / "silu-digits"
+    other.mkdir()
+    record = {"train_config": tiny_demo.demo_config("silu", 1, 0).to_dict() | {"width": 1.0}}
+    (other / "config.json").write_text(json.dumps(record))
+    (other / "epoch_0001.pt").write_bytes(b"a checkpoint")
+    kept = {"relu": _files(out / "relu-digits"), "silu": _files(other)}
+    capsys.readouterr()
+    assert _run([*demo, "--act", "silu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "silu-digits" in err
+    # checked before any work: the relu run (first in line) was not retrained either
+    assert {"relu": _files(out / "relu-digits"), "silu": _files(other)} == kept
+
+    (other / "config.json").unlink()  # files without a run record are not a demo run either
+    assert _run([*demo, "--act", "silu"]) == 2
+    assert (other / "epoch_0001.pt").read_bytes() == b"a checkpoint"
+
+
+def test_act_help_names_only_commands_that_exist():
+    import re
+
+    import typer
+
+    from curvtools.cli import app as curvtools_app
+    from harness.cli import app as harness_app
+
+    commands = set(typer.main.get_command(curvtools_app).commands)
+    for app in (harness_app, curvtools_app):
+        group = typer.main.get_command(app)
+        for command in group.commands.values():
+            for param in command.params:
+                for named in re.findall(r"`curvtools (\w+)", param.help or ""):
+                    assert named in commands, (command.name, param.name, named)

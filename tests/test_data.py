@@ -414,3 +414,14 @@ def test_cuda_batches_equal_cpu_batches_and_never_sync_the_host():
         assert torch.equal(yc, yg.cpu())
     for (xc, yc), (xg, yg) in zip(cpu.in_order(), got_eval, strict=True):
         assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+
+
+def test_relative_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
+    from harness.data import absolute_data_settings
+
+    monkeypatch.chdir(tmp_path)
+    out = absolute_data_settings({"dataset": "imagefolder:../data/cifar10-jpg",
+                                  "data_dir": "data", "lr": 0.1})
+    assert out == {"dataset": f"imagefolder:{(tmp_path.parent / 'data' / 'cifar10-jpg')}",
+                   "data_dir": str(tmp_path / "data"), "lr": 0.1}
+    assert absolute_data_settings({"dataset": "digits"}) == {"dataset": "digits"}

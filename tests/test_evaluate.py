@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import BadInput
+from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.evaluate import evaluate_checkpoint, evaluate_robust, torchattacks_perturb
 from harness.train import TrainConfig, run_training
 
@@ -124,3 +125,81 @@ def test_evaluate_restores_the_model_mode(digits_ckpt):
 def test_bad_eval_settings_raise_bad_input(digits_ckpt, kw, match):
     with pytest.raises(BadInput, match=match):
         evaluate_checkpoint(digits_ckpt, device="cpu", **kw)
+
+
+def _image_folder(root, classes: int, size: int) -> str:
+    """A tiny ImageFolder (one PNG per class and part; read as RGB); returns its spec."""
+    from PIL import Image
+
+    for part in ("train", "test"):
+        for c in range(classes):
+            folder = root / part / f"class{c}"
+            folder.mkdir(parents=True)
+            Image.new("RGB", (size, size), color=(25 * c, 0, 0)).save(folder / "0.png")
+    return f"imagefolder:{root}"
+
+
+def _rgb_checkpoint(path, trained_on: str, image_size: int | None = 16):
+    """An untrained 3-channel 10-class model, as if trained on ``trained_on``."""
+    from harness.models import build_model
+
+    config = {"arch": "preactresnet18", "width": 0.0625, "num_classes": 10, "in_channels": 3}
+    payload = {"model": build_model(config).state_dict(), "config": config,
+               "train_config": {"dataset": trained_on}, "epoch": 1}
+    if image_size is not None:
+        payload["image_size"] = image_size
+    save_checkpoint(path, payload)
+    return path
+
+
+def test_eval_refuses_a_dataset_of_other_channels_classes_or_image_size(digits_ckpt, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setenv("LOWCURV_CACHE", str(tmp_path / "cache"))  # the accepted case decodes
+    rgb16 = _image_folder(tmp_path / "rgb16", 10, 16)
+    three = _image_folder(tmp_path / "three", 3, 16)
+    rgb32 = _image_folder(tmp_path / "rgb32", 10, 32)
+    ckpt = _rgb_checkpoint(tmp_path / "rgb.pt", rgb16)
+    for path, spec, named, takes in [
+            (digits_ckpt, rgb16, "3 channels", "1 channels (trained on digits)"),
+            (ckpt, three, "3 classes", "10 classes"),
+            (ckpt, rgb32, "32x32 images", "16x16 images")]:
+        with pytest.raises(BadInput) as err:
+            evaluate_checkpoint(path, dataset=spec, device="cpu", steps=1, restarts=1)
+        assert (f"dataset {spec!r} has {named}; the checkpoint's model takes {takes}"
+                in str(err.value)), str(err.value)
+    assert evaluate_checkpoint(ckpt, dataset=rgb16, device="cpu", steps=1, restarts=1)["n"] == 10
+
+
+def test_eval_takes_the_image_size_from_the_training_data_in_older_checkpoints(digits_ckpt,
+                                                                               tmp_path):
+    payload = load_checkpoint(digits_ckpt)
+    assert payload["image_size"] == 16  # recorded by training
+    del payload["image_size"]
+    save_checkpoint(tmp_path / "old.pt", payload)
+    rgb32 = _image_folder(tmp_path / "rgb32", 10, 32)
+    with pytest.raises(BadInput, match=r"has 3 channels, 32x32 images; the checkpoint's model "
+                                       r"takes 1 channels, 16x16 images \(trained on digits\)"):
+        evaluate_checkpoint(tmp_path / "old.pt", dataset=rgb32, device="cpu")
+    # trained on an image folder: its first image tells the size
+    ckpt = _rgb_checkpoint(tmp_path / "old-rgb.pt", _image_folder(tmp_path / "rgb16", 10, 16),
+                           image_size=None)
+    with pytest.raises(BadInput, match=r"has 32x32 images; the checkpoint's model takes 16x16"):
+        evaluate_checkpoint(ckpt, dataset=rgb32, device="cpu")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("split_seed", "x"), ("split_seed", -1), ("split_seed", 2**63), ("data_dir", 3),
+    ("download", "yes"), ("dataset", 7),
+])
+def test_eval_refuses_bad_data_settings_in_the_checkpoint(digits_ckpt, tmp_path, key, value):
+    payload = load_checkpoint(digits_ckpt)
+    payload["train_config"] = dict(payload["train_config"], **{key: value})
+    save_checkpoint(tmp_path / "bad.pt", payload)
+    with pytest.raises(BadInput, match=rf"train_config has {key}={value!r}; allowed"):
+        evaluate_checkpoint(tmp_path / "bad.pt", device="cpu", n=10)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63])
+def test_eval_refuses_seeds_outside_signed_64_bits(digits_ckpt, seed):
+    with pytest.raises(BadInput, match=r"--seed .* must be an integer in \[0, 2\*\*63\)"):
+        evaluate_checkpoint(digits_ckpt, device="cpu", seed=seed)

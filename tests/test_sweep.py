@@ -175,6 +175,31 @@ def test_malformed_specs_raise_bad_input_with_one_line(tmp_path):
                                                       "overrides": {"lrr": 1}}]}), tmp_path)
 
 
+@pytest.mark.parametrize("name", [".", "..", "a\u0000b", "a/b", "a\\b", ""])
+def test_spec_and_run_names_must_be_single_folder_names(name):
+    with pytest.raises(BadInput) as err:
+        parse_spec({"name": "x", "runs": [{"name": name}]})
+    assert "\n" not in str(err.value)
+    with pytest.raises(BadInput, match="'name'"):
+        parse_spec({"name": name, "runs": [{"name": "a"}]})
+
+
+def test_a_spec_file_that_is_not_utf8_is_bad_input(tmp_path):
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes('{"name": "caf\u00e9", "runs": [{"name": "a"}]}'.encode("latin-1"))
+    with pytest.raises(BadInput, match=r"is not UTF-8 text \(byte 13\)"):
+        load_spec(bad)
+
+
+def test_a_directory_holding_only_the_lock_file_is_started_not_restarted(tmp_path):
+    from harness.train import RUN_LOCK
+
+    assert sweep_mod.RUN_LOCK == RUN_LOCK
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / RUN_LOCK).touch()
+    assert sweep_mod.run_status(tmp_path / "run", 3, fake_config({"act": "relu"}))[0] == "start"
+
+
 def test_parse_settings_reads_json_values_and_rejects_missing_equals():
     assert parse_settings(["epochs=1", "device=cpu", "lr_milestones=[1, 2]"]) == {
         "epochs": 1, "device": "cpu", "lr_milestones": [1, 2]}

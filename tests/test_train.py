@@ -61,6 +61,7 @@ def test_lr_schedule_matches_rice_piecewise_rule_at_every_iteration():
     ("lr_milestones", [150, 100]), ("precision", "fp8"), ("attack_bn", "frozen"),
     ("norm", "l1"), ("epochs", 0), ("device", "tpu:9"), ("width", 0.0), ("batch_size", 1),
     ("compile_mode", "reduce-overhead"), ("not_a_setting", 3),
+    ("seed", -1), ("seed", 2**63), ("seed", 10**23), ("split_seed", 2**63), ("device", "meta"),
 ])
 def test_from_dict_rejects_bad_values_with_one_line_bad_input(field, value):
     d = {"act": "pswish"} if field == "beta" else {}
@@ -154,8 +155,8 @@ def straight_run(tmp_path_factory):
 def test_run_directory_has_config_metrics_checkpoints_and_done(straight_run):
     out, rows = straight_run
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["DONE", "best.pt", "config.json", "epoch_0002.pt", "last.pt",
-                     "metrics.jsonl"]
+    assert names == [".lock", "DONE", "best.pt", "config.json", "epoch_0002.pt", "last.pt",
+                     "metrics.jsonl"]  # .lock: the (released) lock of the training process
     record = json.loads((out / "config.json").read_text())
     assert record["train_config"]["act"] == "relu" and record["train_config"]["epochs"] == 3
     assert record["resolved"]["device"] == "cpu"
@@ -294,3 +295,36 @@ def test_resume_refuses_new_epochs_that_move_an_auto_milestone_already_passed(tm
     assert load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
     resolved = json.loads((tmp_path / "b" / "config.json").read_text())["resolved"]
     assert resolved["lr_milestones"] == [5.0, 7.5]
+
+
+def test_seeds_up_to_two_to_the_63_minus_one_are_accepted():
+    cfg = TrainConfig.from_dict({"seed": 2**63 - 1, "split_seed": 2**63 - 1})
+    torch.Generator().manual_seed(cfg.seed)  # what the run does with it: no overflow
+
+
+@pytest.mark.parametrize("name", ["meta", "xla", "cuda:x"])
+def test_devices_the_harness_cannot_run_on_are_refused_by_name(name):
+    from harness.train import resolve_device
+
+    with pytest.raises(BadInput, match=rf"device='{name}'.*allowed: auto, cpu, cuda, cuda:N"):
+        resolve_device(name)
+
+
+def test_a_validation_fraction_leaving_no_training_image_names_val_fraction(tmp_path):
+    with pytest.raises(BadInput, match=r"val_fraction=0.9999 of 1438 training images leaves no "
+                                       r"training image"):
+        run_training(_digits_cfg(val_fraction=0.9999, val_subset=None, train_subset=None),
+                     tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_fewer_epochs_than_the_run_has_trained(straight_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run[0], out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(BadInput, match=r"epochs=2 is fewer than the 3 epochs the run has "
+                                       r"trained; allowed: epochs >= 3"):
+        run_training(_digits_cfg(epochs=2, save_every=2), out, resume=True, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # DONE still says 3

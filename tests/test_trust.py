@@ -132,6 +132,13 @@ def _hostile_files(folder: Path) -> dict[str, Path]:
     put("unknown-activation", torch_bytes(bad_act | {"format": FORMAT}))
     put("config-not-a-mapping", torch_bytes(_good_payload() | {"format": FORMAT,
                                                                 "config": "preactresnet18"}))
+    put("model-a-list", torch_bytes(_good_payload() | {"format": FORMAT, "model": [1, 2]}))
+    put("model-a-tensor", torch_bytes(_good_payload() | {"format": FORMAT,
+                                                          "model": torch.zeros(3)}))
+    put("train-config-a-list", torch_bytes(_good_payload() | {"format": FORMAT,
+                                                               "train_config": ["digits"]}))
+    put("train-config-a-string", torch_bytes(_good_payload() | {"format": FORMAT,
+                                                                 "train_config": "digits"}))
     return files
 
 
@@ -279,6 +286,116 @@ def test_sigkill_during_a_checkpoint_write_then_resume_equals_an_uninterrupted_r
         assert torch.equal(final["model"][key], value), key
     assert (out / "DONE").exists()
     assert not list(out.glob(".*.tmp"))  # resuming removed the half-written temporary file
+
+
+# --- a damaged last.pt on resume ----------------------------------------------------------------
+
+
+def _with_momentum_of_shape(payload: dict, shape: tuple) -> dict:
+    optimizer = {"state": {k: dict(v) for k, v in payload["optimizer"]["state"].items()},
+                 "param_groups": payload["optimizer"]["param_groups"]}
+    optimizer["state"][0]["momentum_buffer"] = torch.zeros(shape)
+    return payload | {"optimizer": optimizer}
+
+
+def _with_weights_of_width(payload: dict, width: float) -> dict:
+    return payload | {"model": build_model(dict(payload["config"], width=width)).state_dict()}
+
+
+# name: (damage, a word the one-line refusal must contain)
+DAMAGED_LAST = {
+    "negative epoch": (lambda p: p | {"epoch": -3}, "epoch=-3"),
+    "epoch a string": (lambda p: p | {"epoch": "two"}, "epoch='two'"),
+    "no epoch": (lambda p: {k: v for k, v in p.items() if k != "epoch"}, "epoch=None"),
+    "epoch past metrics.jsonl": (lambda p: p | {"epoch": 50}, "epoch=50"),
+    "no optimizer": (lambda p: {k: v for k, v in p.items() if k != "optimizer"}, "optimizer"),
+    "optimizer a list": (lambda p: p | {"optimizer": [1, 2]}, "optimizer"),
+    "momentum of another shape": (lambda p: _with_momentum_of_shape(p, (7,)), "momentum buffer"),
+    "rng state of 3 bytes": (
+        lambda p: p | {"rng": {"torch_cpu": torch.zeros(3, dtype=torch.uint8)}}, "rng.torch_cpu"),
+    "rng a list": (lambda p: p | {"rng": [1]}, "'rng'"),
+    "grad scaler a list": (lambda p: p | {"grad_scaler": [1]}, "'grad_scaler'"),
+    "weights of another width": (lambda p: _with_weights_of_width(p, 0.125), "'model'"),
+    "train_config a list": (lambda p: p | {"train_config": [1]}, "'train_config'"),
+    "best accuracy NaN": (lambda p: p | {"best_val_robust_acc": float("nan")},
+                          "best_val_robust_acc"),
+}
+
+
+def _run_files(folder: Path) -> dict[str, str]:
+    """Every file of a run directory and its hash (the lock file is not one of them)."""
+    return {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.name != ".lock"}
+
+
+def test_resume_refuses_every_damaged_last_pt_before_changing_any_file(straight_run, tmp_path):
+    import shutil
+
+    from harness.train import run_training
+
+    good = load_checkpoint(straight_run[0] / "last.pt")
+    for name, (damage, word) in DAMAGED_LAST.items():
+        out = tmp_path / name.replace(" ", "-")
+        shutil.copytree(straight_run[0], out)
+        save_checkpoint(out / "last.pt", damage(dict(good)))
+        before = _run_files(out)
+        with pytest.raises(BadInput) as err:
+            run_training(_tiny_cfg(epochs=3), out, resume=True, progress=False)
+        message = str(err.value)
+        assert "\n" not in message and word in message, (name, message)
+        assert _run_files(out) == before, name  # DONE, metrics.jsonl, config.json untouched
+
+
+def test_resume_of_an_intact_copy_runs(straight_run, tmp_path):
+    """The refusals above come from the damage: the same copy, undamaged, resumes."""
+    import shutil
+
+    from harness.train import run_training
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run[0], out)
+    rows = run_training(_tiny_cfg(epochs=3), out, resume=True, progress=False)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+# --- one training process per run directory ------------------------------------------------------
+
+
+def _hold_lock(folder: Path):
+    import fcntl
+
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_second_process_cannot_train_in_a_locked_run_directory(straight_run, tmp_path):
+    import shutil
+
+    from harness.train import run_training
+
+    out = tmp_path / "run"
+    shutil.copytree(straight_run[0], out)
+    before = _run_files(out)
+    fd = _hold_lock(out)  # another open file description: flock conflicts as across processes
+    try:
+        for flags in (dict(resume=True), dict(overwrite=True)):
+            with pytest.raises(BadInput, match="another process is training in"):
+                run_training(_tiny_cfg(), out, progress=False, **flags)
+            assert _run_files(out) == before
+    finally:
+        os.close(fd)
+    run_training(_tiny_cfg(epochs=3), out, resume=True, progress=False)  # free again
+    os.close(_hold_lock(out))  # and released when the run returned
+
+
+def test_the_lock_file_alone_does_not_make_a_run_directory(tmp_path):
+    from harness.train import run_training
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").touch()  # left by a run whose files were removed by hand
+    rows = run_training(_tiny_cfg(epochs=1), out, progress=False)
+    assert [r["epoch"] for r in rows] == [1]
 
 
 # --- disk full mid-run ---------------------------------------------------------------------------
