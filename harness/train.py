@@ -85,7 +85,8 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
 # Held (flock) by the process training in a run directory; never part of the run's files
 RUN_LOCK = ".lock"
-# Seeds feed torch.manual_seed and numpy's default_rng through signed 64-bit integers
+# Seeds feed torch.manual_seed and numpy's default_rng through signed 64-bit integers (the CLIs
+# check their --seed options against the same limit, curvtools.clirun.SEED_LIMIT, before any work)
 SEED_LIMIT = 2**63
 
 # Settings that may change when resuming: they do not change what is computed (epochs: unless it
