@@ -119,11 +119,7 @@ def load_test_images(ckpt: dict[str, Any], n: int, seed: int, data_dir: str | No
 def _progress():
     from curvtools.progress import new_progress
 
-    progress = new_progress(transient=True, stderr=True)
-    # A transient bar shows nothing on a stderr that is no terminal, yet rich ends it with a
-    # blank line there, which would stand before an error line: no bar at all then.
-    progress.disable = not progress.console.is_interactive
-    return progress
+    return new_progress(transient=True, stderr=True)
 
 
 def _advance(progress, task, done_examples: int, seconds: float) -> None:

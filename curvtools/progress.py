@@ -31,10 +31,13 @@ def new_progress(*, transient: bool = False, stderr: bool = False):
         TimeRemainingColumn,
     )
 
-    console = Console(stderr=True) if stderr else None
+    console = Console(stderr=stderr)
+    # A transient bar shows nothing on an output that is no terminal, yet rich ends it with a
+    # blank line there (which would stand before an error line): no bar at all then.
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console, transient=transient)
+                    TimeRemainingColumn(), console=console, transient=transient,
+                    disable=transient and not console.is_interactive)
 
 
 def advance(progress: Any, task: Any, *, unit: str, steps: float = 1) -> None:

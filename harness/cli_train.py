@@ -243,7 +243,7 @@ class _EvalBar:
 
     def __enter__(self):
         if self.enabled:
-            self.progress = new_progress()
+            self.progress = new_progress(transient=True)  # the result line replaces it
             self.progress.__enter__()
         return self
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -338,10 +339,10 @@ def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, prec
         raise BadInput(f"--steps {steps} must be >= 1")
     if restarts < 1:
         raise BadInput(f"--restarts {restarts} must be >= 1")
-    if eps_255 is not None and not eps_255 >= 0:
-        raise BadInput(f"--eps-255 {eps_255} must be >= 0")
-    if alpha_255 is not None and not alpha_255 > 0:
-        raise BadInput(f"--alpha-255 {alpha_255} must be > 0")
+    if eps_255 is not None and not 0 <= eps_255 < math.inf:
+        raise BadInput(f"--eps-255 {eps_255} must be a finite number >= 0")
+    if alpha_255 is not None and not 0 < alpha_255 < math.inf:
+        raise BadInput(f"--alpha-255 {alpha_255} must be a finite number > 0")
     if batch_size < 1:
         raise BadInput(f"--batch-size {batch_size} must be >= 1")
     if not 0 <= seed < 2**63:  # torch.Generator.manual_seed takes a signed 64-bit integer

@@ -121,6 +121,7 @@ def test_evaluate_restores_the_model_mode(digits_ckpt):
 @pytest.mark.parametrize("kw,match", [
     (dict(attack="cw"), "attack"), (dict(steps=0), "steps"), (dict(restarts=0), "restarts"),
     (dict(n=0), "--n"), (dict(eps_255=-1), "eps"), (dict(norm="l1"), "norm"),
+    (dict(eps_255=float("inf")), "eps"), (dict(alpha_255=float("nan")), "alpha"),
 ])
 def test_bad_eval_settings_raise_bad_input(digits_ckpt, kw, match):
     with pytest.raises(BadInput, match=match):
