@@ -196,3 +196,18 @@ def test_attack_precision_bench_reports_agreement_with_fp32_per_mode_and_variant
         assert all(0.0 <= v["robust_acc"] <= 1.0 for v in out[mode].values())
     # eval mode couples no examples: the per-example baseline is the same attack
     assert out["eval"]["fp16_per_example"] == out["eval"]["fp16"]
+
+
+def test_attack_precision_short_runs_report_final_accuracies_and_restore_the_attack(
+        tmp_path, monkeypatch):
+    import harness.attacks as attacks
+    from bench import attack_precision
+
+    monkeypatch.setattr(attack_precision, "RUN_SETTINGS", attack_precision.RUN_SETTINGS | {
+        "epochs": 1, "train_subset": 64, "val_subset": 20, "test_subset": 20, "eval_steps": 1,
+        "train_steps": 1})
+    before = attacks.uses_batch_statistics
+    rows = list(attack_precision.short_runs("fp16_per_example", tmp_path, seeds=(0,)))
+    assert attacks.uses_batch_statistics is before
+    assert [r["seed"] for r in rows] == [0]
+    assert 0 <= rows[0]["test_robust_acc"] <= rows[0]["test_clean_acc"] <= 1
