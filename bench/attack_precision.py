@@ -24,9 +24,11 @@ accuracies, one JSON line per run (fp16 on a CPU: about 2.5 minutes per run)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +61,25 @@ def _digits_model(n: int, width: float, train_steps: int, device: torch.device):
     return net, x, y
 
 
+@contextlib.contextmanager
+def _attack_of(variant: str) -> Iterator[None]:
+    """The attack of ``variant``: ``fp16_per_example`` scales every example on its own even
+    when BatchNorm couples the batch (the scaling before the correction); the others as is."""
+    import harness.attacks as attacks
+
+    saved = attacks.uses_batch_statistics
+    if variant == "fp16_per_example":
+        attacks.uses_batch_statistics = lambda module: False
+    try:
+        yield
+    finally:
+        attacks.uses_batch_statistics = saved
+
+
 def compare_attack_precisions(n: int = 128, width: float = 0.125, train_steps: int = 25,
                               steps: int = 10, device: str = "cpu") -> dict[str, Any]:
     """Per BatchNorm mode and variant: share of delta entries equal to fp32's, robust accuracy."""
-    import harness.attacks as attacks
+    from harness.attacks import pgd
 
     dev = torch.device(device)
     net, x, y = _digits_model(n, width, train_steps, dev)
@@ -72,16 +89,10 @@ def compare_attack_precisions(n: int = 128, width: float = 0.125, train_steps: i
         deltas = {}
         for name, dtype in VARIANTS.items():
             model = copy.deepcopy(net)  # a train-mode attack moves running statistics
-            per_example = name == "fp16_per_example"
-            saved = attacks.uses_batch_statistics
-            if per_example:
-                attacks.uses_batch_statistics = lambda module: False
-            try:
-                deltas[name] = attacks.pgd(
+            with _attack_of(name):
+                deltas[name] = pgd(
                     model, x, y, eps=8 / 255, alpha=2 / 255, steps=steps, bn_mode=bn_mode,
                     generator=torch.Generator(device=dev).manual_seed(1), autocast_dtype=dtype)
-            finally:
-                attacks.uses_batch_statistics = saved
         net.eval()
         with torch.no_grad():
             out[bn_mode] = {
@@ -100,14 +111,10 @@ def short_runs(variant: str, out: Path, device: str = "cpu", seeds=(0, 1, 2)):
     """Yield each seed's final metrics after a short adversarial run in ``variant``."""
     import time
 
-    import harness.attacks as attacks
-    from harness.train import TrainConfig, run_training
+    from harness.train import TrainConfig, precision_name, run_training
 
-    precision = {"fp32": "fp32", "fp16": "fp16", "fp16_per_example": "fp16"}[variant]
-    saved = attacks.uses_batch_statistics
-    if variant == "fp16_per_example":
-        attacks.uses_batch_statistics = lambda module: False
-    try:
+    precision = precision_name(VARIANTS[variant])
+    with _attack_of(variant):
         for seed in seeds:
             started = time.perf_counter()
             cfg = TrainConfig.from_dict(RUN_SETTINGS | {"precision": precision, "seed": seed,
@@ -118,8 +125,6 @@ def short_runs(variant: str, out: Path, device: str = "cpu", seeds=(0, 1, 2)):
                    "seconds": round(time.perf_counter() - started, 1),
                    **{k: round(last[k], 4) for k in ("train_robust_acc", "val_robust_acc",
                                                      "test_clean_acc", "test_robust_acc")}}
-    finally:
-        attacks.uses_batch_statistics = saved
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 
 import typer
 
-from curvtools.clirun import PLOT_SUFFIXES, check_output_path, check_seed
-from curvtools.errors import BadInput
+from curvtools.clirun import PLOT_SUFFIXES, check_output_path
+from curvtools.errors import BadInput, check_seed
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)\.pt$")

@@ -14,8 +14,8 @@ from typing import Any
 
 import typer
 
-from curvtools.clirun import check_output_path, check_seed, require_expr
-from curvtools.errors import BadInput
+from curvtools.clirun import check_output_path, require_expr
+from curvtools.errors import BadInput, check_seed
 
 ACT_HELP = ("activation name (`curvtools curvature --act all` lists the built-in ones; expr "
             "needs --expr), or 'all' for every built-in one")

@@ -21,6 +21,7 @@ else:  # pragma: no cover - depends on the installed typer
     import click
 
 from curvtools.errors import BadInput
+from harness.metrics_file import RUN_FILES
 
 
 def new_app(help_text: str) -> typer.Typer:
@@ -82,19 +83,7 @@ def _run_app(app: typer.Typer, prog_name: str, argv: list[str] | None) -> None:
 
 # --- checks shared by every command ----------------------------------------------------------
 
-# The files of a run directory (as harness.train.RUN_FILES; not imported: it pulls in torch).
-RUN_FILE_NAMES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
-SEED_LIMIT = 2**63  # numpy and torch generators take seeds below 2**63 (and >= 0)
-
-
-def check_seed(option: str, value: int | None) -> None:
-    """Refuse a seed that numpy/torch cannot take: require ``0 <= value < 2**63``.
-
-    Example: ``check_seed("--seed", -1)`` raises :class:`BadInput`.
-    """
-    if value is not None and not 0 <= value < SEED_LIMIT:
-        raise BadInput(f"{option} {value} is not allowed: need an integer in [0, 2**63)")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -139,8 +128,8 @@ def check_output_path(option: str, path: Path | None, *, inputs: Iterable[Path] 
             raise BadInput(f"{shown} is an input of this command ({str(source)!r}); "
                            "give another output file")
     in_run = any(path.parent.resolve() == Path(d).resolve() for d in run_dirs)
-    if path.suffix == ".pt" or (path.name in RUN_FILE_NAMES and (path.exists() or in_run)):
-        raise BadInput(f"{shown} is a run file (*.pt, {', '.join(RUN_FILE_NAMES[:2])}, DONE); "
+    if path.suffix == ".pt" or (path.name in RUN_FILES and (path.exists() or in_run)):
+        raise BadInput(f"{shown} is a run file (*.pt, {', '.join(RUN_FILES[:2])}, DONE); "
                        "give another output file")
     folder = path.parent if path.parent.is_dir() else blocker
     if not _writable(folder) or (path.exists() and not os.access(path, os.W_OK)):

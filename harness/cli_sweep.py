@@ -81,7 +81,6 @@ def sweep(
 
     check_output_dir("--runs-dir", runs_dir, writable=False)  # --dry-run only reads
     spec_file = [Path(spec)] if Path(spec).is_file() else []
-    check_output_path("--json", json_path, inputs=spec_file)
     spec_obj = load_spec(spec)
     settings = parse_settings(set_ or [])
     if data is not None:
@@ -92,6 +91,9 @@ def sweep(
                            resources=spec_obj.resources_for(scale), partition=partition,
                            account=account, timeout_min=timeout_min, wait=wait)
     plan = plan_sweep(spec_obj, runs_dir, scale, only=only or None, settings=settings)
+    # before any output: a plan file inside a run folder could replace that run's config.json
+    check_output_path("--json", json_path, inputs=spec_file,
+                      run_dirs=[Path(r.out_dir) for r in plan])
     counts = {s: sum(r.status == s for r in plan) for s in STATUSES}
     print(f"spec {spec_obj.name} ({spec_obj.source}), scale {scale}: {len(plan)} runs; "
           + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
@@ -100,9 +102,6 @@ def sweep(
     res = spec_obj.resources_for(scale)
     if res:
         print("  resources per run: " + ", ".join(f"{k}={v}" for k, v in res.items()))
-    # a plan file inside a run folder could replace that run's config.json: refuse it now
-    check_output_path("--json", json_path, inputs=spec_file,
-                      run_dirs=[Path(r.out_dir) for r in plan])
     ran: list[str] = []
     failed: dict[str, str] = {}
     if not dry_run:

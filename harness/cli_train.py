@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from curvtools.clirun import check_output_path, check_seed, require_expr
-from curvtools.errors import BadInput
+from curvtools.clirun import check_output_path, require_expr
+from curvtools.errors import BadInput, check_seed
 from curvtools.progress import advance, new_progress
 
 TRAIN_PANEL = "Data"

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvtools.errors import BadInput
+from curvtools.errors import SEED_LIMIT, BadInput, check_seed
 from harness.attacks import attack_loss, autocast, uses_batch_statistics
 
 ATTACKS = ("pgd", "torchattacks-pgd", "autoattack")
@@ -256,8 +256,6 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
 def _run_data_settings(train_config: Mapping[str, Any]) -> dict[str, Any]:
     """The data settings ``harness eval`` reads from a checkpoint's ``train_config``, checked
     (a hand-edited or foreign checkpoint may hold anything)."""
-    from harness.train import SEED_LIMIT
-
     out = {"dataset": train_config.get("dataset"),
            "data_dir": train_config.get("data_dir") or "data",
            "download": train_config.get("download", True),
@@ -345,7 +343,6 @@ def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, prec
         raise BadInput(f"--alpha-255 {alpha_255} must be a finite number > 0")
     if batch_size < 1:
         raise BadInput(f"--batch-size {batch_size} must be >= 1")
-    if not 0 <= seed < 2**63:  # torch.Generator.manual_seed takes a signed 64-bit integer
-        raise BadInput(f"--seed {seed} must be an integer in [0, 2**63)")
+    check_seed("--seed", seed)
     if precision not in ("fp32", "bf16", "fp16", "auto"):
         raise BadInput(f"--precision {precision!r}; allowed: fp32, bf16, fp16, auto")

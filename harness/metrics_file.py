@@ -1,9 +1,14 @@
-"""Reading a run's ``metrics.jsonl`` (no torch import: the sweep planner uses it too)."""
+"""A run directory's file names, and reading its ``metrics.jsonl`` (no torch import: the sweep
+planner and the CLIs' output checks use it too)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
+# Held (flock) by the process training in a run directory; never part of the run's files
+RUN_LOCK = ".lock"
 
 
 def read_metrics(path: Path) -> list[dict]:

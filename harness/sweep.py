@@ -36,15 +36,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from curvtools.errors import BadInput
-from harness.metrics_file import read_metrics
+from harness.metrics_file import RUN_LOCK, read_metrics
 from paper_figs.specs import Spec, load_spec, run_dir
 
 __all__ = ["PlannedRun", "plan_sweep", "LocalExecutor", "Executor", "load_spec",
            "parse_settings", "finished_epochs", "check_no_conflicts", "STATUSES"]
-
-# harness.train.RUN_LOCK, the lock file of a training process (not imported: no torch here)
-RUN_LOCK = ".lock"
-
 
 def _resumable_changes() -> tuple[str, ...]:
     """Settings that may differ between a run directory and the spec without making it another

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvtools.errors import BadInput
+from curvtools.errors import SEED_LIMIT, BadInput
 from curvtools.progress import advance, new_progress
 from harness.distributed import (
     SINGLE,
@@ -74,7 +74,7 @@ from harness.distributed import (
     setup,
     wrap_model,
 )
-from harness.metrics_file import read_metrics
+from harness.metrics_file import RUN_FILES, RUN_LOCK, read_metrics
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
@@ -82,12 +82,6 @@ ATTACK_BN_MODES = ("train", "eval")
 # torch.compile modes for --compile; the "reduce-overhead" modes bring CUDA graphs of their own,
 # which the step's graphs (harness.graphs) already provide
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
-# Held (flock) by the process training in a run directory; never part of the run's files
-RUN_LOCK = ".lock"
-# Seeds feed torch.manual_seed and numpy's default_rng through signed 64-bit integers (the CLIs
-# check their --seed options against the same limit, curvtools.clirun.SEED_LIMIT, before any work)
-SEED_LIMIT = 2**63
 
 # Settings that may change when resuming: they do not change what is computed (epochs: unless it
 # moves an auto learning-rate milestone the trained epochs have passed, _check_resume_config).
