@@ -44,7 +44,7 @@ VARIANTS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16,
 
 
 def _digits_model(n: int, width: float, train_steps: int, device: torch.device):
-    from harness.data import open_source
+    from harness.datasets import open_source
     from harness.models import build_model, model_config
 
     source = open_source("digits")
@@ -65,7 +65,7 @@ def _digits_model(n: int, width: float, train_steps: int, device: torch.device):
 def _attack_of(variant: str) -> Iterator[None]:
     """The attack of ``variant``: ``fp16_per_example`` scales every example on its own even
     when BatchNorm couples the batch (the scaling before the correction); the others as is."""
-    import harness.attacks as attacks
+    import harness.attacks.pgd_attack as attacks  # the module whose pgd() calls it
 
     saved = attacks.uses_batch_statistics
     if variant == "fp16_per_example":
@@ -79,7 +79,7 @@ def _attack_of(variant: str) -> Iterator[None]:
 def compare_attack_precisions(n: int = 128, width: float = 0.125, train_steps: int = 25,
                               steps: int = 10, device: str = "cpu") -> dict[str, Any]:
     """Per BatchNorm mode and variant: share of delta entries equal to fp32's, robust accuracy."""
-    from harness.attacks import pgd
+    from harness.attacks import ThreatModel, make_attack
 
     dev = torch.device(device)
     net, x, y = _digits_model(n, width, train_steps, dev)
@@ -89,10 +89,11 @@ def compare_attack_precisions(n: int = 128, width: float = 0.125, train_steps: i
         deltas = {}
         for name, dtype in VARIANTS.items():
             model = copy.deepcopy(net)  # a train-mode attack moves running statistics
+            attack = make_attack("pgd", ThreatModel.from_255(eps_255=8, step_255=2,
+                                                             steps=steps, bn_mode=bn_mode))
+            starts = attack.starts(x, torch.Generator(device=dev).manual_seed(1))
             with _attack_of(name):
-                deltas[name] = pgd(
-                    model, x, y, eps=8 / 255, alpha=2 / 255, steps=steps, bn_mode=bn_mode,
-                    generator=torch.Generator(device=dev).manual_seed(1), autocast_dtype=dtype)
+                deltas[name] = attack.perturb(model, x, y, *starts, autocast_dtype=dtype)
         net.eval()
         with torch.no_grad():
             out[bn_mode] = {
@@ -111,7 +112,9 @@ def short_runs(variant: str, out: Path, device: str = "cpu", seeds=(0, 1, 2)):
     """Yield each seed's final metrics after a short adversarial run in ``variant``."""
     import time
 
-    from harness.train import TrainConfig, precision_name, run_training
+    from harness.config import TrainConfig
+    from harness.runtime import precision_name
+    from harness.train import run_training
 
     precision = precision_name(VARIANTS[variant])
     with _attack_of(variant):

@@ -34,10 +34,11 @@ def ours_eval_throughput(images: torch.Tensor, labels, *, device: str | torch.de
     warm-up (``harness train`` does the same); off elsewhere.
     """
     from bench.train_throughput import _cifar_model_config
+    from harness.attacks import ThreatModel, make_attack
     from harness.data import DeviceBatches
     from harness.evaluate import evaluate_robust
     from harness.models import build_model
-    from harness.train import autocast_dtype_for, precision_name, resolve_device
+    from harness.runtime import autocast_dtype_for, precision_name, resolve_device
 
     dev = resolve_device(str(device))
     amp = autocast_dtype_for(precision, dev)
@@ -53,10 +54,12 @@ def ours_eval_throughput(images: torch.Tensor, labels, *, device: str | torch.de
     warm = DeviceBatches(images[:warm_n], np.asarray(labels)[:warm_n], dev,
                          batch_size=batch_size, channels_last=channels_last)
 
+    attack = make_attack("pgd", ThreatModel.from_255(eps_255=8, step_255=2, steps=steps,
+                                                     restarts=restarts))
+
     def run(b):
         generator = torch.Generator(device=dev).manual_seed(0)
-        return evaluate_robust(model, b, eps=8 / 255, alpha=2 / 255, steps=steps,
-                               restarts=restarts, generator=generator, autocast_dtype=amp,
+        return evaluate_robust(model, b, attack, generator=generator, autocast_dtype=amp,
                                graph_cache=graph_cache)
 
     with Stopwatch(dev) as warm_watch:

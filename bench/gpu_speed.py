@@ -214,7 +214,7 @@ def flops_part(device, sizes: Sizes, images, labels) -> dict[str, Any]:
         reference_optimizer,
         reference_train,
     )
-    from harness.train import train_one_epoch
+    from harness.step import train_one_epoch
 
     b = sizes.batch
     engine, cl = _engine(device, sizes)
@@ -237,7 +237,7 @@ def flops_part(device, sizes: Sizes, images, labels) -> dict[str, Any]:
 
 
 def _time_epochs(engine, batches, epochs: int, first_epoch: int = 1) -> list[float]:
-    from harness.train import train_one_epoch
+    from harness.step import train_one_epoch
 
     seconds = []
     for e in range(epochs):
@@ -260,7 +260,7 @@ def ours_epoch_part(device, sizes: Sizes, images, labels, results: Results,
                     cuda_graphs: bool | None = None,
                     channels_last: bool | None = None) -> dict[str, Any]:
     """Seconds per full training epoch of ours (median over ``ours_epochs``) and FLOP/s."""
-    from harness.train import precision_name
+    from harness.runtime import precision_name
 
     engine, cl = _engine(device, sizes, precision, compile, cuda_graphs, channels_last)
     full = _batches(images, labels, device, sizes.batch, cl)
@@ -340,7 +340,7 @@ def profile_part(device, sizes: Sizes, images, labels, steps: int = 3,
     convolution and BatchNorm kernels (:func:`kernel_kind`)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from harness.train import train_one_epoch
+    from harness.step import train_one_epoch
 
     engine, cl = _engine(device, sizes, precision, cuda_graphs=False)
     warm = _batches(images[: 2 * sizes.batch], labels[: 2 * sizes.batch], device, sizes.batch, cl)
@@ -444,7 +444,8 @@ def equality_part(device, sizes: Sizes, budget: Budget, npz: Path | None,
     CIFAR-10 JPEG copy; ``train_subset`` training images, 1,000 validation, 2,000 test), else
     the ``npz`` subset, else scikit-learn's digits.
     """
-    from harness.train import TrainConfig, run_training
+    from harness.config import TrainConfig
+    from harness.train import run_training
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = data_spec or (_imagefolder_from_npz(npz, Path(tmp) / "data") if npz else "digits")
@@ -709,7 +710,8 @@ def table(results: Results) -> str:
 def export_cifar_subset(path: Path, n_train: int, n_test: int, data: Path | None) -> None:
     """Write a class-balanced CIFAR-10 (JPEG copy) subset as uint8 npz for ``--equality-npz``."""
     from bench.train_throughput import DEFAULT_DATA
-    from harness.data import open_source, stratified_subset
+    from harness.data import stratified_subset
+    from harness.datasets import open_source
 
     source = open_source(f"imagefolder:{data or DEFAULT_DATA}", "data", download=False)
     arrays = {}
@@ -756,7 +758,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.export_cifar_subset is not None:
         export_cifar_subset(args.export_cifar_subset, 5000, 1000, None)
         return
-    from harness.train import resolve_device
+    from harness.runtime import resolve_device
 
     device = resolve_device(args.device)
     out_dir = args.out or Path(os.environ.get("OUT") or "out")

@@ -64,7 +64,7 @@ def _random_subset(total: int, n: int, seed: int) -> np.ndarray:
 def digits_model(args, device):
     """PreActResNet-18 (width ``args.width``) trained briefly on ``args.data``; returns
     (model, x, y, label)."""
-    from harness.data import open_source
+    from harness.datasets import open_source
     from harness.models import build_model
 
     source = open_source(args.data, "data", download=False)

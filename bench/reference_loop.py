@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.data import CIFAR10_MEAN, CIFAR10_STD
+from harness.sources import CIFAR10_MEAN, CIFAR10_STD
 
 UPPER_LIMIT, LOWER_LIMIT = 1.0, 0.0
 

@@ -1,7 +1,7 @@
 """Training throughput: our PGD training step against the reference loop, same model and images.
 
-Ours is exactly what ``harness train`` runs: :func:`harness.train.train_one_epoch` on an
-``Engine`` built by ``harness.train._build_engine`` (model, optional ``torch.compile``, SGD) over
+Ours is exactly what ``harness train`` runs: :func:`harness.step.train_one_epoch` on an
+``Engine`` built by ``harness.step.build_engine`` (model, optional ``torch.compile``, SGD) over
 ``harness.data.DeviceBatches`` (images resident on the device, augmentation there), with
 :func:`harness.attacks.pgd` inside. The reference is :mod:`bench.reference_loop` (Rice et al.'s
 loop). Both see the same uint8 images, batch size, width and attack settings; each warms up
@@ -39,7 +39,7 @@ def bench_images(n: int, *, synthetic: bool = False, data: str | Path | None = N
     """
     folder = Path(data) if data is not None else DEFAULT_DATA
     if not synthetic and (folder / "train").is_dir():
-        from harness.data import open_source
+        from harness.datasets import open_source
 
         source = open_source(f"imagefolder:{folder}", "data", download=False)
         labels = source.labels("train")
@@ -54,8 +54,8 @@ def bench_images(n: int, *, synthetic: bool = False, data: str | Path | None = N
 
 def _cifar_model_config(width: float, act: str = "relu") -> dict[str, Any]:
     from curvtools.activations import resolve
-    from harness.data import CIFAR10_MEAN, CIFAR10_STD
     from harness.models import model_config
+    from harness.sources import CIFAR10_MEAN, CIFAR10_STD
 
     return model_config("preactresnet18", resolve(act).config(), 10, 3, width,
                         list(CIFAR10_MEAN), list(CIFAR10_STD))
@@ -69,16 +69,12 @@ def build_engine(*, device: str | torch.device, width: float, batch_size: int = 
 
     ``compile``: False, True (torch.compile's default mode) or a ``harness train
     --compile-mode``. Returns (engine, channels_last actually used). Uses ``TrainConfig``
-    (validated) and ``harness.train._build_engine``, so it follows every default of the real
+    (validated) and ``harness.step.build_engine``, so it follows every default of the real
     command.
     """
-    from harness.train import (
-        TrainConfig,
-        _build_engine,
-        autocast_dtype_for,
-        resolve_channels_last,
-        resolve_device,
-    )
+    from harness.config import TrainConfig
+    from harness.runtime import autocast_dtype_for, resolve_channels_last, resolve_device
+    from harness.step import build_engine as build_train_engine
 
     cfg = TrainConfig.from_dict({
         "dataset": "cifar10", "width": width, "batch_size": batch_size, "precision": precision,
@@ -90,7 +86,7 @@ def build_engine(*, device: str | torch.device, width: float, batch_size: int = 
     dev = resolve_device(cfg.device)
     amp = autocast_dtype_for(cfg.precision, dev)
     use_cl = resolve_channels_last(cfg, dev)  # what run_training uses
-    engine = _build_engine(cfg, _cifar_model_config(width, act), dev, amp, use_cl)
+    engine = build_train_engine(cfg, _cifar_model_config(width, act), dev, amp, use_cl)
     return engine, use_cl
 
 
@@ -113,7 +109,8 @@ class OursTrainSession:
                  warmup_steps: int = 2, precision: str = "auto",
                  channels_last: bool | None = None, compile: bool = False,
                  attack_steps: int = 10, cuda_graphs: bool | None = None):
-        from harness.train import precision_name, train_one_epoch
+        from harness.runtime import precision_name
+        from harness.step import train_one_epoch
 
         self.engine, self.channels_last = build_engine(
             device=device, width=width, batch_size=batch_size, precision=precision,
@@ -128,7 +125,7 @@ class OursTrainSession:
         with Stopwatch(dev) as watch:
             train_one_epoch(self.engine, warm, self.epoch)
         self.warmup_seconds = watch.seconds
-        self.settings = {"loop": "harness.train.train_one_epoch", "width": width,
+        self.settings = {"loop": "harness.step.train_one_epoch", "width": width,
                          "batch_size": batch_size, "attack_steps": attack_steps,
                          "steps_per_repeat": steps, "warmup_steps": warmup_steps,
                          "precision": precision_name(self.engine.amp),
@@ -137,7 +134,7 @@ class OursTrainSession:
 
     def time_chunk(self) -> float:
         """Seconds for one call of ``train_one_epoch`` over ``steps`` batches."""
-        from harness.train import train_one_epoch
+        from harness.step import train_one_epoch
 
         self.epoch += 1
         with Stopwatch(self.engine.device) as watch:
@@ -203,7 +200,7 @@ def _report(session, seconds: list[float], steps: int, batch_size: int) -> dict[
 
 def ours_train_throughput(images: torch.Tensor, labels, *, steps: int = 8, repeats: int = 3,
                           batch_size: int = 128, **kwargs) -> dict[str, Any]:
-    """Images/s of ``harness.train.train_one_epoch`` (one call of ``steps`` steps per repeat).
+    """Images/s of ``harness.step.train_one_epoch`` (one call of ``steps`` steps per repeat).
 
     The warm-up (and, with ``compile=True``, the compilation) runs ``warmup_steps`` steps
     first and is timed separately as ``warmup_seconds``. Keywords: see :class:`OursTrainSession`.

@@ -21,6 +21,13 @@ from curvtools.progress import advance, new_progress
 
 TRAIN_PANEL = "Data"
 EXIT_DIVERGED = 3
+# harness.attacks.names() without importing torch for --help (a test keeps them equal)
+ATTACK_HELP = ("pgd (ours, the paper's), torchattacks-pgd, autoattack (linf or l2), fgsm, "
+               "apgd-ce, apgd-dlr, fab, square, cw, or torchattacks:NAME[:key=value,...] for "
+               "any torchattacks attack.")
+# harness eval's options that set a threat-model field (refused when the attack ignores them)
+THREAT_OPTIONS = {"steps": "steps", "restarts": "restarts", "eps_255": "eps",
+                  "alpha_255": "step", "norm": "norm"}
 
 
 def _write_json(path: Path | None, payload: Any) -> None:
@@ -42,8 +49,11 @@ def _parse_milestones(text: str) -> list[float] | None:
 
 def default_run_name(act_label: str, dataset: str) -> str:
     """``runs/<act label>-<dataset>`` as a safe folder name, e.g. ``pswish-beta-4-cifar10``."""
-    data = dataset.split(":", 1)[1].rstrip("/") if dataset.startswith("imagefolder:") else dataset
-    data = Path(data).name or "data"
+    from harness.datasets import parse
+
+    entry, path = parse(dataset)
+    data = Path(path.rstrip("/")).name if path else entry.name
+    data = data or "data"
     return re.sub(r"[^A-Za-z0-9.]+", "-", f"{act_label}-{data}").strip("-")
 
 
@@ -62,7 +72,9 @@ def _resume_settings(out: Path, given: dict[str, Any], explicit: set[str]) -> di
 
     if not (out / "last.pt").is_file():
         return given  # run_training explains what to do (start, or start over)
-    stored = dict(load_checkpoint(out / "last.pt").get("train_config") or {})
+    from harness.config import upgrade_legacy
+
+    stored = upgrade_legacy(load_checkpoint(out / "last.pt").get("train_config") or {})
     return stored | {k: v for k, v in given.items() if k in explicit}
 
 
@@ -159,9 +171,10 @@ def train_command(
     check_seed("--seed", seed)
     check_seed("--split-seed", split_seed)
     require_expr(act, expr)
-    from harness.data import absolute_data_settings
+    from harness.config import TrainConfig
+    from harness.datasets import absolute_data_settings
     from harness.distributed import context_from_env
-    from harness.train import TrainConfig, TrainingDiverged, run_training
+    from harness.train import TrainingDiverged, run_training
 
     given = {name: value for name, value in ctx.params.items()
              if name not in ("out", "resume", "overwrite", "progress", "json_path")}
@@ -190,20 +203,20 @@ def train_command(
 
 
 def eval_command(
+    ctx: typer.Context,
     ckpt: Annotated[Path, typer.Option(help="Checkpoint (best.pt, last.pt, epoch_NNNN.pt).")],
     n: Annotated[int | None, typer.Option(help="Test images (class-balanced subset; "
                                                "default all).")] = None,
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
-    restarts: Annotated[int, typer.Option(help="PGD restarts (worst case kept per example).")
-                        ] = 5,
+    restarts: Annotated[int | None, typer.Option(
+        help="Restarts, worst case kept per example (default: 5 for pgd, the paper's "
+             "PGD-20 x 5; 1 for other attacks).")] = None,
     eps_255: Annotated[float | None, typer.Option(
         help="Attack radius in 1/255 units (default: the run's; 8 for the paper).")] = None,
     alpha_255: Annotated[float | None, typer.Option(
         help="PGD step in 1/255 units (default: the run's; 2 for the paper).")] = None,
     norm: Annotated[str | None, typer.Option(help="linf or l2 (default: the run's).")] = None,
-    attack: Annotated[str, typer.Option(help="pgd (ours), torchattacks-pgd (cross-check) or "
-                                             "autoattack (torchattacks' standard AutoAttack).")
-                      ] = "pgd",
+    attack: Annotated[str, typer.Option(help=ATTACK_HELP)] = "pgd",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the random starts.")] = 0,
@@ -220,26 +233,27 @@ def eval_command(
     check_output_path("--json", json_path, inputs=[ckpt], run_dirs=[ckpt.parent])
     from harness.evaluate import evaluate_checkpoint
 
-    bar = _EvalBar(progress)
+    explicit = {THREAT_OPTIONS[o] for o in _explicit_options(ctx) if o in THREAT_OPTIONS}
+    bar = _EvalBar(progress, requested=n)
     with bar:
         result = evaluate_checkpoint(
             ckpt, n=n, steps=steps, restarts=restarts, eps_255=eps_255, alpha_255=alpha_255,
             norm=norm, attack=attack, device=device, batch_size=batch_size, seed=seed,
-            precision=precision, dataset=dataset, data_dir=data_dir, on_start=bar.start,
-            on_batch=bar.step)
-    what = "AutoAttack (standard)" if attack == "autoattack" else (
-        f"{attack} {result['norm']} {steps} steps x {result['restarts']} restarts")
+            precision=precision, dataset=dataset, data_dir=data_dir, explicit=explicit,
+            on_start=bar.start, on_batch=bar.step)
     print(f"{ckpt} (epoch {result['epoch']}), {result['n']} test images: clean "
           f"{100 * result['clean_acc']:.2f}%, robust {100 * result['robust_acc']:.2f}% "
-          f"[{what}, eps {result['eps_255']:g}/255, {result['seconds']:.1f}s]")
+          f"[{bar.what}, {result['seconds']:.1f}s]")
     _write_json(json_path, result)
 
 
 class _EvalBar:
-    """Rich progress bar over evaluation batches (rate and ETA)."""
+    """Says what will run before the work starts (images, attack; a capped ``--n``), then a rich
+    progress bar over evaluation batches (rate and ETA)."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, requested: int | None = None):
         self.enabled, self.progress, self.task = enabled, None, None
+        self.requested, self.what = requested, ""
 
     def __enter__(self):
         if self.enabled:
@@ -252,7 +266,15 @@ class _EvalBar:
             self.progress.__exit__(*exc)
         return False
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, attack: Any, images: int) -> None:
+        self.what = f"{attack.name}: {attack.threat.describe()}"
+        if attack.name != "pgd":  # its threat fields it does not use are not in the line
+            self.what = f"{attack.name}: {attack.threat.norm} eps {attack.threat.eps * 255:g}/255"
+        if self.requested is not None and self.requested > images:
+            print(f"note: --n {self.requested} asks for more test images than the set has; "
+                  f"evaluating all {images}", file=sys.stderr)
+        print(f"evaluating {images} test images in {total} batches with {self.what}",
+              file=sys.stderr, flush=True)
         if self.progress is not None:
             self.task = self.progress.add_task("eval", total=total, rate="")
 

@@ -88,7 +88,7 @@ def run_demo(acts: Sequence[str] = ("relu", "silu"), epochs: int = 4,
 
 def demo_config(name: str, epochs: int, seed: int):
     """The :class:`harness.train.TrainConfig` of the demo run of activation ``name``."""
-    from harness.train import TrainConfig
+    from harness.config import TrainConfig
 
     return TrainConfig.from_dict(DEMO_SETTINGS | {"act": name, "epochs": epochs, "seed": seed})
 
@@ -134,16 +134,19 @@ def _summary(act, cfg, run_dir: Path, history: list[dict]) -> dict[str, Any]:
     """Robust accuracy on the training split (eval mode, PGD-10) and the test set."""
     import torch
 
+    from harness.attacks import ThreatModel, make_attack
     from harness.checkpoint import load_model
     from harness.evaluate import evaluate_robust
-    from harness.train import load_run_data
+    from harness.run_data import load_run_data
 
     model, _ = load_model(run_dir / "last.pt")
     data = load_run_data(cfg, torch.device("cpu"), channels_last=False)
-    kwargs = dict(eps=cfg.eps_255 / 255, alpha=DEMO_EVAL_STEP_255 / 255, steps=DEMO_EVAL_STEPS)
-    train = evaluate_robust(model, data.train.in_order(), **kwargs,
+    attack = make_attack("pgd", ThreatModel.from_255(eps_255=cfg.eps_255,
+                                                     step_255=DEMO_EVAL_STEP_255,
+                                                     steps=DEMO_EVAL_STEPS))
+    train = evaluate_robust(model, data.train.in_order(), attack,
                             generator=torch.Generator().manual_seed(1))
-    test = evaluate_robust(model, data.test, **kwargs, generator=torch.Generator().manual_seed(2))
+    test = evaluate_robust(model, data.test, attack, generator=torch.Generator().manual_seed(2))
     curv, kind = activation_curvature(act)
     return {"act": act.label, "curvature": curv, "curvature_kind": kind,
             "train_clean_acc": train["clean_acc"], "train_robust_acc": train["robust_acc"],

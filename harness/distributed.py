@@ -322,8 +322,7 @@ class _RowShards:
             yield x[self.ctx.rank::self.ctx.world_size], y[self.ctx.rank::self.ctx.world_size]
 
 
-def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, *, eps: float,
-                     alpha: float, steps: int, restarts: int = 1, norm: str = "linf",
+def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, attack: Any, *,
                      generator: torch.Generator | None = None,
                      autocast_dtype: torch.dtype | None = None,
                      on_batch: Callable[[], None] | None = None,
@@ -331,31 +330,23 @@ def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, *, eps: f
     """``harness.evaluate.evaluate_robust`` split over ranks, with the same result.
 
     Every rank holds the whole set; rank ``r`` evaluates rows ``r::world_size`` of each batch,
-    attacking with the random starts one process would draw for that batch, and the loss and
-    correct-count sums are all-reduced. Returns ``{"clean_loss", "clean_acc", "robust_loss",
-    "robust_acc", "n"}`` over the whole set, identical on every rank. Rank 0's BatchNorm
-    running statistics are broadcast first so all ranks evaluate the model that is saved.
+    attacking (``attack``, from :func:`harness.attacks.make_attack`) with the random starts one
+    process would draw for that batch, and the loss and correct-count sums are all-reduced.
+    Returns ``{"clean_loss", "clean_acc", "robust_loss", "robust_acc", "n"}`` over the whole
+    set, identical on every rank. Rank 0's BatchNorm running statistics are broadcast first so
+    all ranks evaluate the model that is saved.
     """
-    from harness.attacks import pgd
     from harness.evaluate import evaluate_robust
 
     if not ctx.enabled:
-        return evaluate_robust(model, batches, eps=eps, alpha=alpha, steps=steps,
-                               restarts=restarts, norm=norm, generator=generator,
+        return evaluate_robust(model, batches, attack, generator=generator,
                                autocast_dtype=autocast_dtype, on_batch=on_batch,
                                graph_cache=graph_cache)
     broadcast_buffers(model, ctx)
     shards = _RowShards(batches, ctx)
-
-    def perturb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
-                   norm=norm, bn_mode="eval", generator=generator,
-                   autocast_dtype=autocast_dtype,
-                   rows_of_batch=(ctx.rank, ctx.world_size, shards.batch_rows))
-
-    local = evaluate_robust(model, shards, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
-                            norm=norm, autocast_dtype=autocast_dtype, perturb=perturb,
-                            on_batch=on_batch)
+    local = evaluate_robust(model, shards, attack, generator=generator,
+                            autocast_dtype=autocast_dtype, on_batch=on_batch,
+                            rows_of_batch=lambda: (ctx.rank, ctx.world_size, shards.batch_rows))
     keys = ("clean_loss", "clean_acc", "robust_loss", "robust_acc")
     device = next(model.parameters()).device
     sums = torch.tensor([local[k] * local["n"] for k in keys] + [local["n"]],

@@ -3,8 +3,8 @@
 :func:`evaluate_robust` runs a model (eval mode) over a set of batches and returns mean
 cross-entropy and accuracy, clean and under attack; sums stay on the device until the end.
 :func:`evaluate_checkpoint` is ``harness eval``: it rebuilds the model from a checkpoint alone
-and attacks its test set with our PGD (default PGD-20, 5 restarts, the paper's reporting
-protocol), with torchattacks' PGD (a cross-check) or with AutoAttack (torchattacks' port).
+and attacks its test set with any attack of the registry (:mod:`harness.attacks`; default our
+PGD-20 with 5 restarts, the paper's reporting protocol).
 
 Example::
 
@@ -28,9 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import SEED_LIMIT, BadInput, check_seed
-from harness.attacks import attack_loss, autocast, uses_batch_statistics
-
-ATTACKS = ("pgd", "torchattacks-pgd", "autoattack")
+from harness.attacks import (
+    Attack,
+    ThreatModel,
+    attack_loss,
+    autocast,
+    make_attack,
+    normalize_norm_name,
+    reporting_restarts,
+    uses_batch_statistics,
+)
 
 # More than this share of examples with an exactly zero input gradient means a gradient attack
 # cannot move them (sign(0) = 0): robust accuracy is then an overestimate (gradient masking).
@@ -41,9 +48,6 @@ ZERO_GRADIENT_MIN_CORRECT = 10  # fewer correct examples bound the overestimate 
 class GradientMaskingWarning(UserWarning):
     """Many examples have an exactly zero input gradient: PGD's robust accuracy is not to be
     trusted."""
-
-# perturb(x, y) -> delta, with x + delta in [0, 1]
-Perturb = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _batches_of(batches: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -83,30 +87,25 @@ def _stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tens
         (robust_logits.argmax(1) == y).sum().double()])
 
 
-def _batch_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor,
-                 eps: float, alpha: float, steps: int, restarts: int, norm: str,
-                 autocast_dtype: torch.dtype | None, early_stop: bool) -> torch.Tensor:
-    """Our PGD from the given starts (BatchNorm in eval mode), then :func:`_stats`."""
-    from harness.attacks import pgd
-
-    delta = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, restarts=restarts, norm=norm,
-                bn_mode="eval", autocast_dtype=autocast_dtype, early_stop=early_stop,
-                starts=starts)
+def _batch_stats(model: nn.Module, attack: Attack, autocast_dtype: torch.dtype | None,
+                 x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor) -> torch.Tensor:
+    """``attack`` from the given starts, then :func:`_stats`."""
+    delta = attack.perturb(model, x, y, *starts, autocast_dtype=autocast_dtype)
     return _stats(model, x, y, delta, autocast_dtype)
 
 
-def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float, steps: int,
-                    restarts: int = 1, norm: str = "linf",
+def evaluate_robust(model: nn.Module, batches: Any, attack: Attack, *,
                     generator: torch.Generator | None = None,
-                    autocast_dtype: torch.dtype | None = None, early_stop: bool = False,
-                    perturb: Perturb | None = None,
+                    autocast_dtype: torch.dtype | None = None,
+                    rows_of_batch: Callable[[], tuple[int, int, int]] | None = None,
                     on_batch: Callable[[], None] | None = None,
                     graph_cache: dict | None = None) -> dict[str, float]:
     """Clean and robust loss/accuracy of ``model`` (put in eval mode) over ``batches``.
 
     ``batches``: a ``harness.data.DeviceBatches`` (served in order, unaugmented) or an iterable
-    of (x [B, C, H, W] in [0, 1], y [B]). The attack is our :func:`harness.attacks.pgd` with the
-    given settings and BatchNorm in eval mode, unless ``perturb(x, y) -> delta`` is given.
+    of (x [B, C, H, W] in [0, 1], y [B]). ``attack``: from the registry
+    (:func:`harness.attacks.make_attack`); its random starts come from ``generator``
+    (``rows_of_batch()``: data parallel, see :meth:`harness.attacks.pgd_attack.PGD.starts`).
     Returns ``{"clean_loss", "clean_acc", "robust_loss", "robust_acc", "n",
     "zero_grad_share"}`` (accuracies are fractions; losses mean cross-entropy). The model's
     train/eval mode is restored afterwards. ``zero_grad_share``: the share of the first batch's
@@ -114,19 +113,17 @@ def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float,
     call); above :data:`ZERO_GRADIENT_WARN_SHARE` (of at least
     :data:`ZERO_GRADIENT_MIN_CORRECT` examples) a :class:`GradientMaskingWarning` is issued.
     ``graph_cache``: a dict kept by the caller across calls; on CUDA the per-batch attack and
-    forwards are then replayed from a CUDA graph (:class:`harness.graphs.GraphedStep`) that
-    later calls with the same model and settings reuse (``harness train`` evaluates every epoch).
+    forwards of a ``graphable`` attack are then replayed from a CUDA graph
+    (:class:`harness.graphs.GraphedStep`) that later calls with the same model and attack
+    reuse (``harness train`` evaluates every epoch).
     """
-    from harness.attacks import draw_starts
-
-    batch_stats = functools.partial(_batch_stats, model, eps=eps, alpha=alpha, steps=steps,
-                                    restarts=restarts, norm=norm, autocast_dtype=autocast_dtype,
-                                    early_stop=early_stop)
-    if graph_cache is not None and perturb is None:
+    batch_stats = functools.partial(_batch_stats, model, attack, autocast_dtype)
+    if graph_cache is not None and attack.graphable:
         from harness.graphs import GraphedStep
 
         # the model itself (not its id) in the key: a cached graph keeps its model alive
-        key = (model, eps, alpha, steps, restarts, norm, autocast_dtype, early_stop)
+        key = (model, attack.name, attack.threat, autocast_dtype,
+               getattr(attack, "early_stop", False))
         batch_stats = graph_cache.setdefault(key, GraphedStep(batch_stats))
 
     was_training = model.training
@@ -138,11 +135,8 @@ def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float,
         if sums is None:
             sums = torch.zeros(4, device=x.device, dtype=torch.float64)
             zero_grads, checked = zero_input_gradients(model, x, y, autocast_dtype)
-        if perturb is None:
-            starts = draw_starts(x, eps=eps, norm=norm, restarts=restarts, generator=generator)
-            sums += batch_stats(x, y, *starts)
-        else:
-            sums += _stats(model, x, y, perturb(x, y), autocast_dtype)
+        starts = attack.starts(x, generator, rows_of_batch() if rows_of_batch else None)
+        sums += batch_stats(x, y, *starts)
         n += y.shape[0]
         if on_batch is not None:
             on_batch()
@@ -161,55 +155,36 @@ def evaluate_robust(model: nn.Module, batches: Any, *, eps: float, alpha: float,
             "robust_acc": robust_acc, "n": n, "zero_grad_share": zero_grad_share}
 
 
-def torchattacks_perturb(model: nn.Module, attack: str, *, eps: float, alpha: float, steps: int,
-                         num_classes: int, seed: int = 0) -> Perturb:
-    """``perturb(x, y) -> delta`` from torchattacks: ``torchattacks-pgd`` or ``autoattack``.
-
-    ``torchattacks.PGD(model, eps, alpha, steps, random_start=True)`` (one start; its random
-    start uses the global torch RNG, seeded here) or ``torchattacks.AutoAttack(model,
-    norm="Linf", eps, version="standard", n_classes, seed)``.
-    """
-    import torchattacks
-
-    if attack == "torchattacks-pgd":
-        torch.manual_seed(seed)
-        atk = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-    elif attack == "autoattack":
-        atk = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
-                                      n_classes=num_classes, seed=seed)
-    else:
-        raise BadInput(f"attack {attack!r}; allowed: {', '.join(ATTACKS)}")
-
-    def perturb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return (atk(x, y).detach() - x).float()
-
-    return perturb
-
-
 def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 20,
-                        restarts: int = 5, eps_255: float | None = None,
+                        restarts: int | None = None, eps_255: float | None = None,
                         alpha_255: float | None = None, norm: str | None = None,
                         attack: str = "pgd", device: str = "auto",
                         batch_size: int = 256, seed: int = 0, precision: str = "fp32",
                         dataset: str | None = None, data_dir: str | None = None,
+                        explicit: Iterable[str] = (),
                         on_batch: Callable[[], None] | None = None,
-                        on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
+                        on_start: Callable[[int, Attack, int], None] | None = None
+                        ) -> dict[str, Any]:
     """``harness eval``: clean and robust accuracy of a checkpoint on its test set.
 
     The model comes from the checkpoint alone; the data from its ``train_config`` (``dataset``,
     ``data_dir`` override it), and so do the threat model's ``norm``, ``eps_255`` and
     ``alpha_255`` when not given (else l_inf, 8 and 2, the paper's). ``n`` test images (a
-    class-balanced subset drawn with the run's split seed; all when None).
-    ``on_start(num_batches)`` and ``on_batch()`` drive a progress bar. Returns a JSON-able dict
+    class-balanced subset drawn with the run's split seed; all when None). ``restarts``: None
+    is the attack's reporting default (5 for ``pgd``, the paper's PGD-20 x 5; 1 for the
+    others). ``attack``: a name of the registry (:func:`harness.attacks.make_attack`); ``explicit``: the threat-model fields
+    the user set (``steps``, ``restarts``, ``eps``, ``step``, ``norm``), refused when the
+    attack does not use them. ``on_start(num_batches, attack, num_images)`` is called before the
+    work starts and ``on_batch()`` after each batch (a progress bar). Returns a JSON-able dict
     with the settings and ``clean_acc``, ``robust_acc``, losses.
     """
-    from harness.attacks import normalize_norm_name
     from harness.checkpoint import load_model
-    from harness.data import DeviceBatches, open_source, stratified_subset
-    from harness.train import autocast_dtype_for, precision_name, resolve_device
+    from harness.data import DeviceBatches, stratified_subset
+    from harness.datasets import open_source
+    from harness.runtime import autocast_dtype_for, precision_name, resolve_device
 
-    if attack not in ATTACKS:
-        raise BadInput(f"--attack {attack!r}; allowed: {', '.join(ATTACKS)}")
+    if restarts is None:
+        restarts = reporting_restarts(attack)
     _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision, seed)
     dev = resolve_device(device)
     model, payload = load_model(ckpt, device=dev)
@@ -218,37 +193,36 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     eps_255 = _run_number(eps_255, train_config, "eps_255", 8.0)
     alpha_255 = _run_number(alpha_255, train_config, "alpha_255", 2.0)
     _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision)
-    if attack != "pgd" and norm != "linf":
-        raise BadInput(f"--attack {attack} supports only the linf norm here")
+    threat = ThreatModel.from_255(eps_255=eps_255, step_255=alpha_255, norm=norm, steps=steps,
+                                  restarts=restarts, bn_mode="eval")
     run = _run_data_settings(train_config)
     spec = dataset or run["dataset"]
     if not spec:
         raise BadInput("the checkpoint names no dataset; pass --dataset")
     source = open_source(spec, data_dir or run["data_dir"], run["download"])
     check_source_fits(source, spec, payload, run["dataset"])
+    chosen = make_attack(attack, threat, num_classes=source.num_classes, seed=seed,
+                         explicit=explicit)
     labels = source.labels("test")
     idx = torch.arange(len(labels)).numpy()
     if n is not None and n < len(labels):
         idx = stratified_subset(labels, idx, n, run["split_seed"])
     batches = DeviceBatches(source.images("test", idx), labels[idx], dev, batch_size=batch_size)
     if on_start is not None:
-        on_start(len(batches.images) // batch_size + bool(len(batches.images) % batch_size))
-    eps, alpha = eps_255 / 255.0, alpha_255 / 255.0
+        on_start(len(batches.images) // batch_size + bool(len(batches.images) % batch_size),
+                 chosen, len(idx))
     amp = autocast_dtype_for(precision, dev)
-    perturb = None
-    if attack != "pgd":
-        perturb = torchattacks_perturb(model, attack, eps=eps, alpha=alpha, steps=steps,
-                                       num_classes=source.num_classes, seed=seed)
     generator = torch.Generator(device=dev).manual_seed(seed)
     started = time.perf_counter()
-    result = evaluate_robust(model, batches, eps=eps, alpha=alpha, steps=steps,
-                             restarts=restarts, norm=norm, generator=generator,
-                             autocast_dtype=amp, perturb=perturb, on_batch=on_batch,
+    result = evaluate_robust(model, batches, chosen, generator=generator, autocast_dtype=amp,
+                             on_batch=on_batch,
                              graph_cache={} if dev.type == "cuda" else None)
+    uses = chosen.honours
     return {"checkpoint": str(ckpt), "epoch": payload.get("epoch"), "dataset": spec,
-            "attack": attack, "norm": norm, "eps_255": eps_255, "alpha_255": alpha_255,
-            "steps": steps if attack != "autoattack" else None,
-            "restarts": restarts if attack == "pgd" else 1, "seed": seed,
+            "attack": attack, "norm": norm, "eps_255": eps_255,
+            "alpha_255": alpha_255 if "step" in uses else None,
+            "steps": steps if "steps" in uses else None,
+            "restarts": restarts if "restarts" in uses else 1, "seed": seed,
             "precision": precision_name(amp), "device": str(dev),
             "seconds": round(time.perf_counter() - started, 3), **result}
 
@@ -274,10 +248,6 @@ def _run_data_settings(train_config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Image sizes of the named datasets (harness.data), for checkpoints that do not record theirs
-KNOWN_IMAGE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 16}
-
-
 def check_source_fits(source: Any, spec: str, payload: Mapping[str, Any],
                       trained_on: str | None) -> None:
     """Raise BadInput when the images of ``source`` (dataset ``spec``) are not what the
@@ -288,7 +258,7 @@ def check_source_fits(source: Any, spec: str, payload: Mapping[str, Any],
     (``trained_on``). A mismatch would otherwise give a traceback (channels, too few classes)
     or, worse, a meaningless accuracy (a 32px model on 16px images).
     """
-    from harness.data import open_source
+    from harness.datasets import known_image_size, open_source
 
     config = payload["config"]
     want = {"channels": int(config.get("in_channels", 3)),
@@ -298,8 +268,8 @@ def check_source_fits(source: Any, spec: str, payload: Mapping[str, Any],
         want["image size"] = None  # not recorded (or garbled): from the dataset name below
     if want["image size"] is None and isinstance(trained_on, str):
         key = trained_on.strip().lower()
-        if key in KNOWN_IMAGE_SIZES:
-            want["image size"] = KNOWN_IMAGE_SIZES[key]
+        if known_image_size(trained_on) is not None:
+            want["image size"] = known_image_size(trained_on)
         elif key != spec.strip().lower():  # another image folder: its first image tells
             with contextlib.suppress(BadInput, OSError):
                 want["image size"] = open_source(trained_on).image_size

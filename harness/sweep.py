@@ -45,7 +45,7 @@ __all__ = ["PlannedRun", "plan_sweep", "LocalExecutor", "Executor", "load_spec",
 def _resumable_changes() -> tuple[str, ...]:
     """Settings that may differ between a run directory and the spec without making it another
     run: ``harness.train.RESUMABLE_CHANGES``, what ``run_training(resume=True)`` accepts."""
-    from harness.train import RESUMABLE_CHANGES
+    from harness.config import RESUMABLE_CHANGES
 
     return tuple(RESUMABLE_CHANGES)
 

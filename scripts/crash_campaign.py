@@ -149,8 +149,8 @@ def _run_child(out_dir: Path, kill: str, random_delay: float | None = None) -> t
 
 def _inspect_after_kill(out_dir: Path) -> dict:
     from curvtools.errors import BadInput
+    from curvtools.runfiles import read_metrics
     from harness.checkpoint import load_checkpoint
-    from harness.train import read_metrics
 
     state = {"temp_files": len(list(out_dir.glob(".*.tmp"))) if out_dir.is_dir() else 0,
              "last_epoch": None, "torn": False,
@@ -182,7 +182,7 @@ def _strip(rows: list[dict]) -> list[dict]:
 
 def run_scenario(name: str, root: Path, reference: Path, rng: random.Random,
                  train_seconds: float, n_random: int) -> dict:
-    from harness.train import read_metrics
+    from curvtools.runfiles import read_metrics
 
     out_dir = root / name.replace(":", "-")
     kills, after = 0, []

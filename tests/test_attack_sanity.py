@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.activations import resolve
-from harness.evaluate import GradientMaskingWarning, evaluate_robust, torchattacks_perturb
+from harness.attacks import ThreatModel, make_attack
+from harness.evaluate import GradientMaskingWarning, evaluate_robust
 
 N_TEST = 100
 EPS = 16 / 255  # robust accuracy of the trained net is about 2/3 here: room to move both ways
@@ -34,7 +35,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def trained():
     """A width-1/16 PreActResNet-18 (SiLU) trained clean on digits for 80 steps (~97% clean)."""
-    from harness.data import open_source
+    from harness.datasets import open_source
     from harness.models import build_model
 
     torch.set_num_threads(1)
@@ -68,8 +69,9 @@ def _robust(model, x, y, *, eps=EPS, steps=10, restarts=1, seed=0, alpha=ALPHA):
     if key not in _RESULTS:
         with warnings.catch_warnings():
             warnings.simplefilter("error", GradientMaskingWarning)  # an honest net never warns
-            _RESULTS[key] = evaluate_robust(model, [(x, y)], eps=eps, alpha=alpha, steps=steps,
-                                            restarts=restarts,
+            attack = make_attack("pgd", ThreatModel(eps=eps, step=alpha, steps=steps,
+                                                    restarts=restarts))
+            _RESULTS[key] = evaluate_robust(model, [(x, y)], attack,
                                             generator=torch.Generator().manual_seed(seed))
     return _RESULTS[key]
 
@@ -108,10 +110,9 @@ def test_an_eps_covering_the_whole_image_box_gives_about_zero(trained):
 def test_our_pgd_agrees_with_torchattacks_pgd(trained):
     model, x, y = trained
     ours = _robust(model, x, y, steps=10)["robust_acc"]
-    perturb = torchattacks_perturb(model, "torchattacks-pgd", eps=EPS, alpha=ALPHA, steps=10,
-                                   num_classes=10)
-    theirs = evaluate_robust(model, [(x, y)], eps=EPS, alpha=ALPHA, steps=10,
-                             perturb=perturb)["robust_acc"]
+    attack = make_attack("torchattacks-pgd", ThreatModel(eps=EPS, step=ALPHA, steps=10),
+                         num_classes=10)
+    theirs = evaluate_robust(model, [(x, y)], attack)["robust_acc"]
     assert abs(ours - theirs) <= 0.05, (ours, theirs)
 
 
@@ -142,7 +143,8 @@ def test_gradient_masking_fools_pgd_and_is_flagged(trained, wrapper):
     model, x, y = trained
     masked = wrapper(model).eval()
     with pytest.warns(GradientMaskingWarning, match="zero input gradient"):
-        result = evaluate_robust(masked, [(x, y)], eps=EPS, alpha=ALPHA, steps=10,
+        result = evaluate_robust(masked, [(x, y)],
+                                 make_attack("pgd", ThreatModel(eps=EPS, step=ALPHA, steps=10)),
                                  generator=torch.Generator().manual_seed(0))
     assert result["zero_grad_share"] > 0.5
     honest = _robust(model, x, y)["robust_acc"]

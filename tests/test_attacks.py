@@ -1,4 +1,4 @@
-"""harness.attacks.pgd against a literal transcription of Rice et al.'s attack_pgd, and its
+"""harness.attacks.pgd_attack against a literal transcription of Rice et al.'s attack_pgd, and its
 invariants: ball and box constraints, exact clean accuracy at eps 0, monotonicity in restarts,
 steps and eps, BatchNorm mode, no weight gradients, reproducibility."""
 
@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import BadInput
-from harness.attacks import _random_start, pgd
+from harness.attacks.pgd_attack import _random_start, pgd
 
 
 def _tiny_bn_net(in_ch: int = 1, classes: int = 4) -> nn.Module:

@@ -75,7 +75,7 @@ def test_train_throughput_reports_both_loops_and_their_ratio(images):
         assert rate["repeats"] == 2 and rate["median"] > 0 and rate["min"] <= rate["max"]
     assert result["ratio"] == pytest.approx(result["ours"]["images_per_s"]["median"]
                                             / result["reference"]["images_per_s"]["median"])
-    assert result["ours"]["settings"]["loop"] == "harness.train.train_one_epoch"
+    assert result["ours"]["settings"]["loop"] == "harness.step.train_one_epoch"
 
 
 def test_selection_fold_bench_times_both_variants(images):
@@ -200,7 +200,7 @@ def test_attack_precision_bench_reports_agreement_with_fp32_per_mode_and_variant
 
 def test_attack_precision_short_runs_report_final_accuracies_and_restore_the_attack(
         tmp_path, monkeypatch):
-    import harness.attacks as attacks
+    import harness.attacks.pgd_attack as attacks
     from bench import attack_precision
 
     monkeypatch.setattr(attack_precision, "RUN_SETTINGS", attack_precision.RUN_SETTINGS | {

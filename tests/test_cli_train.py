@@ -36,7 +36,7 @@ def test_train_resume_and_eval_commands(tmp_path, capsys):
     summary = json.loads((tmp_path / "train.json").read_text())
     assert summary["last"]["epoch"] == 1
     stored = json.loads((out / "config.json").read_text())["train_config"]
-    assert stored["act"] == "pswish" and stored["beta"] == 4.0
+    assert stored["act"] == "pswish" and stored["act_params"] == {"beta": 4.0}
     assert stored["data_dir"] == str(Path("data").resolve())  # found from any directory
 
     # an existing run is never overwritten without --resume/--overwrite: one line, exit 2

@@ -11,15 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from curvtools.errors import BadInput
-from harness.data import (
-    DeviceBatches,
-    ImageFolderSource,
-    crop_flip,
-    epoch_seed,
-    open_source,
-    split_train_val,
-    stratified_subset,
-)
+from harness.data import DeviceBatches, crop_flip, epoch_seed, split_train_val, stratified_subset
+from harness.datasets import open_source
+from harness.sources import ImageFolderSource
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
@@ -155,7 +149,7 @@ def test_imagefolder_cache_is_written_reused_and_invalidated(tmp_path):
 
 def test_imagefolder_labels_decode_nothing_and_images_decode_only_what_is_asked(tmp_path,
                                                                               monkeypatch):
-    import harness.data as data
+    import harness.sources as data
 
     _write_tiny_folder(tmp_path / "data", per_class=4)
     source = ImageFolderSource(tmp_path / "data", cache_dir=tmp_path / "cache")
@@ -417,7 +411,7 @@ def test_cuda_batches_equal_cpu_batches_and_never_sync_the_host():
 
 
 def test_relative_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
-    from harness.data import absolute_data_settings
+    from harness.datasets import absolute_data_settings
 
     monkeypatch.chdir(tmp_path)
     out = absolute_data_settings({"dataset": "imagefolder:../data/cifar10-jpg",

@@ -22,6 +22,13 @@ from harness import distributed as hd
 WORLD = 2
 
 
+def _eval_attack():
+    """The sharded-evaluation tests' attack: PGD-3 x 2 restarts at 8/255, step 2/255."""
+    from harness.attacks import ThreatModel, make_attack
+
+    return make_attack("pgd", ThreatModel.from_255(eps_255=8, step_255=2, steps=3, restarts=2))
+
+
 def _tiny_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Softplus(),
@@ -142,8 +149,8 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
     eval_net = _tiny_net(seed=7).eval()
     xe, ye = _data(13, seed=4)
     out["eval"] = hd.evaluate_sharded(
-        eval_net, _ListBatches(xe, ye, 5), ctx, eps=8 / 255, alpha=2 / 255, steps=3,
-        restarts=2, generator=torch.Generator().manual_seed(9))
+        eval_net, _ListBatches(xe, ye, 5), ctx, _eval_attack(),
+        generator=torch.Generator().manual_seed(9))
     # 4. fp16 attack-loss scale of a batch coupled across ranks: one, from all ranks' gradients
     logits, labels = _coupled_logits()
     out["coupled_scale"] = attack_loss(logits[rank::WORLD], labels[rank::WORLD], torch.float16,
@@ -204,8 +211,7 @@ def test_sharded_evaluation_equals_one_process_evaluation(two_rank_results):
     from harness.evaluate import evaluate_robust
 
     xe, ye = _data(13, seed=4)
-    expected = evaluate_robust(_tiny_net(seed=7), _ListBatches(xe, ye, 5), eps=8 / 255,
-                               alpha=2 / 255, steps=3, restarts=2,
+    expected = evaluate_robust(_tiny_net(seed=7), _ListBatches(xe, ye, 5), _eval_attack(),
                                generator=torch.Generator().manual_seed(9))
     for result in two_rank_results:
         assert result["eval"]["n"] == 13
@@ -253,8 +259,10 @@ def test_torchrun_two_ranks_with_sync_bn_resume_a_run_exactly_as_one_process(tmp
     and weights of the same run resumed in one process."""
     import shutil
 
+    from curvtools.runfiles import read_metrics
     from harness.checkpoint import load_checkpoint
-    from harness.train import TrainConfig, read_metrics, run_training
+    from harness.config import TrainConfig
+    from harness.train import run_training
 
     one, two = tmp_path / "one", tmp_path / "two"
     run_training(TrainConfig.from_dict(TRAIN | {"epochs": 1}), one, progress=False)

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import BadInput
+from harness.attacks import ThreatModel, make_attack
 from harness.checkpoint import load_checkpoint, save_checkpoint
-from harness.evaluate import evaluate_checkpoint, evaluate_robust, torchattacks_perturb
-from harness.train import TrainConfig, run_training
+from harness.config import TrainConfig
+from harness.evaluate import evaluate_checkpoint, evaluate_robust
+from harness.train import run_training
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def robust_digits_net():
     """A small CNN adversarially trained on digits (PGD-2, eps 16/255): ~97% clean and ~90%
     robust test accuracy on this CPU, so an attack has both examples to break and to miss."""
     from harness.attacks import pgd
-    from harness.data import open_source
+    from harness.datasets import open_source
 
     src = open_source("digits")
 
@@ -63,12 +65,13 @@ EPS = 16 / 255
 
 def test_our_pgd_is_at_least_as_strong_as_torchattacks_pgd(robust_digits_net):
     net, x, y = robust_digits_net
-    kw = dict(eps=EPS, alpha=EPS / 4, steps=10)
-    ours = evaluate_robust(net, [(x, y)], restarts=5, generator=torch.Generator().manual_seed(0),
-                           **kw)
-    ours_single = evaluate_robust(net, [(x, y)], generator=torch.Generator().manual_seed(0), **kw)
-    theirs = evaluate_robust(net, [(x, y)], perturb=torchattacks_perturb(
-        net, "torchattacks-pgd", num_classes=10, **kw), **kw)
+    threat = ThreatModel(eps=EPS, step=EPS / 4, steps=10)
+    ours = evaluate_robust(net, [(x, y)], make_attack("pgd", threat.replace(restarts=5)),
+                           generator=torch.Generator().manual_seed(0))
+    ours_single = evaluate_robust(net, [(x, y)], make_attack("pgd", threat),
+                                  generator=torch.Generator().manual_seed(0))
+    theirs = evaluate_robust(net, [(x, y)], make_attack("torchattacks-pgd", threat,
+                                                        num_classes=10))
     print(f"robust accuracy on {len(y)} digits: ours PGD-10x5 {ours['robust_acc']:.4f}, "
           f"ours PGD-10x1 {ours_single['robust_acc']:.4f}, torchattacks PGD-10 "
           f"{theirs['robust_acc']:.4f}, clean {ours['clean_acc']:.4f}")
@@ -103,7 +106,8 @@ def test_eps_zero_gives_clean_accuracy_exactly(digits_ckpt):
     model, _ = load_model(digits_ckpt)
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(64, 1, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
-    result = evaluate_robust(model, [(x, y)], eps=0.0, alpha=2 / 255, steps=5, restarts=2)
+    result = evaluate_robust(model, [(x, y)], make_attack("pgd", ThreatModel(
+        eps=0.0, step=2 / 255, steps=5, restarts=2)))
     assert result["robust_acc"] == result["clean_acc"]
     assert result["robust_loss"] == result["clean_loss"]
 
@@ -114,7 +118,8 @@ def test_evaluate_restores_the_model_mode(digits_ckpt):
     model, _ = load_model(digits_ckpt)
     model.train()
     x, y = torch.rand(8, 1, 16, 16), torch.zeros(8, dtype=torch.long)
-    evaluate_robust(model, [(x, y)], eps=0.1, alpha=0.05, steps=1)
+    evaluate_robust(model, [(x, y)], make_attack("pgd", ThreatModel(eps=0.1, step=0.05,
+                                                                    steps=1)))
     assert model.training
 
 

@@ -12,17 +12,12 @@ import torch.nn.functional as F
 
 from harness.attacks import attack_loss, pgd, uses_batch_statistics
 from harness.checkpoint import load_checkpoint
-from harness.train import (
-    TrainConfig,
-    _build_engine,
-    _model_config,
-    autocast_dtype_for,
-    load_run_data,
-    loss_scaler,
-    run_training,
-    train_one_epoch,
-    zero_momentum_buffers,
-)
+from harness.config import TrainConfig
+from harness.run_data import load_run_data
+from harness.rundir import model_config_for
+from harness.runtime import autocast_dtype_for, loss_scaler, zero_momentum_buffers
+from harness.step import build_engine, train_one_epoch
+from harness.train import run_training
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -109,7 +104,7 @@ def test_fp16_attack_scaling_leaves_every_step_as_fp32_takes_it(monkeypatch, bn_
     """With fp16's loss scaling but fp32 arithmetic (autocast off), the attack is the fp32
     attack bit for bit, BatchNorm coupling the batch (train) or not (eval). Scaling each example
     of a coupled batch on its own would change the steps: the check below shows it does."""
-    import harness.attacks as attacks
+    import harness.attacks.pgd_attack as attacks
 
     x = torch.rand(24, 3, 4, 4)
     with torch.no_grad():
@@ -182,7 +177,7 @@ def _fp16_engine(device: str, channels_last: bool = False, **over):
         precision="fp16") | over)
     dev = torch.device(device)
     data = load_run_data(cfg, dev, channels_last=channels_last)
-    engine = _build_engine(cfg, _model_config(cfg, data), dev, torch.float16, channels_last)
+    engine = build_engine(cfg, model_config_for(cfg, data), dev, torch.float16, channels_last)
     return data, engine
 
 

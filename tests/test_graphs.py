@@ -10,18 +10,17 @@ import pytest
 import torch
 
 from harness.attacks import draw_starts, pgd
+from harness.config import TrainConfig
 from harness.graphs import GraphedStep
-from harness.train import (
+from harness.run_data import load_run_data
+from harness.rundir import model_config_for
+from harness.runtime import autocast_dtype_for, uses_cuda_graphs
+from harness.step import (
     STREAM_TRAIN_ATTACK,
-    TrainConfig,
     TrainStep,
-    _attack_generator,
-    _build_engine,
-    _model_config,
-    autocast_dtype_for,
-    load_run_data,
+    attack_generator,
+    build_engine,
     train_one_epoch,
-    uses_cuda_graphs,
 )
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -78,7 +77,7 @@ def _digits_engine(tmp_path, **over):
         test_subset=20, train_steps=2, eval_steps=1, lr=0.05, device="cpu") | over)
     device = torch.device("cpu")
     data = load_run_data(cfg, device, channels_last=True)
-    engine = _build_engine(cfg, _model_config(cfg, data), device, None, True)
+    engine = build_engine(cfg, model_config_for(cfg, data), device, None, True)
     return cfg, data, engine
 
 
@@ -143,7 +142,7 @@ def test_no_folding_with_restarts_or_an_eval_mode_attack():
 
 
 def test_running_stats_count_twice_equals_two_updates():
-    from harness.train import running_stats_count_twice
+    from harness.step import running_stats_count_twice
 
     torch.manual_seed(0)
     once, twice = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
@@ -197,7 +196,7 @@ def _cuda_engine(graphs: bool, train_subset: int = 400, precision: str = "fp32")
     device = torch.device("cuda")
     data = load_run_data(cfg, device, channels_last=True)
     amp = autocast_dtype_for(precision, device)
-    return cfg, data, _build_engine(cfg, _model_config(cfg, data), device, amp, True)
+    return cfg, data, build_engine(cfg, model_config_for(cfg, data), device, amp, True)
 
 
 @needs_cuda
@@ -210,11 +209,11 @@ def test_cuda_graph_replay_computes_the_eager_step():
     cfg, data, engine = _cuda_engine(graphs=True)
     step = TrainStep(engine)
     graphed = GraphedStep(step.robust)
-    gen = _attack_generator(engine.device, 0, 0, STREAM_TRAIN_ATTACK)
+    gen = attack_generator(engine.device, 0, 0, STREAM_TRAIN_ATTACK)
     for call, (x, y) in enumerate(data.train.epoch(0, 0)):
         if call == 5:
             break
-        starts = draw_starts(x, eps=engine.eps, norm="linf", generator=gen)
+        starts = draw_starts(x, eps=engine.train_attack.threat.eps, norm="linf", generator=gen)
         before = copy.deepcopy(engine.net.state_dict())
         stats_g, *grads_g = [t.clone() for t in graphed(x, y, *starts)]
         after_g = copy.deepcopy(engine.net.state_dict())
@@ -262,8 +261,8 @@ def test_cuda_graph_training_follows_eager_training_on_cuda(precision):
 @needs_cuda
 def test_attack_generator_draws_identically_for_graph_and_eager_paths():
     x = torch.rand(8, 3, 8, 8, device="cuda")
-    g1 = _attack_generator(torch.device("cuda"), 0, 0, STREAM_TRAIN_ATTACK)
-    g2 = _attack_generator(torch.device("cuda"), 0, 0, STREAM_TRAIN_ATTACK)
+    g1 = attack_generator(torch.device("cuda"), 0, 0, STREAM_TRAIN_ATTACK)
+    g2 = attack_generator(torch.device("cuda"), 0, 0, STREAM_TRAIN_ATTACK)
     a = draw_starts(x, eps=8 / 255, norm="linf", generator=g1)
     b = draw_starts(x, eps=8 / 255, norm="linf", generator=g2)
     assert torch.equal(a[0], b[0])

@@ -9,8 +9,8 @@ import pytest
 
 from curvtools.errors import BadInput
 from harness import sweep as sweep_mod
+from harness.config import TrainConfig
 from harness.sweep import LocalExecutor, parse_settings, plan_sweep
-from harness.train import TrainConfig
 from paper_figs.specs import REPO_ROOT, bundled_spec_names, load_spec, parse_spec, run_dir
 
 SPEC = {
@@ -192,7 +192,7 @@ def test_a_spec_file_that_is_not_utf8_is_bad_input(tmp_path):
 
 
 def test_a_directory_holding_only_the_lock_file_is_started_not_restarted(tmp_path):
-    from harness.train import RUN_LOCK
+    from curvtools.runfiles import RUN_LOCK
 
     assert sweep_mod.RUN_LOCK == RUN_LOCK
     (tmp_path / "run").mkdir()

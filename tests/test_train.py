@@ -9,16 +9,13 @@ import pytest
 import torch
 
 from curvtools.errors import BadInput
+from curvtools.runfiles import read_metrics
 from harness.checkpoint import load_checkpoint
-from harness.train import (
-    TrainConfig,
-    TrainingDiverged,
-    cpu_has_native_bf16,
-    load_run_data,
-    piecewise_lr,
-    read_metrics,
-    run_training,
-)
+from harness.config import TrainConfig
+from harness.run_data import load_run_data
+from harness.runtime import cpu_has_native_bf16
+from harness.step import piecewise_lr
+from harness.train import TrainingDiverged, run_training
 
 TIMING_KEYS = ("train_seconds", "eval_seconds")
 
@@ -72,7 +69,7 @@ def test_from_dict_rejects_bad_values_with_one_line_bad_input(field, value):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_fp16_on_cuda_and_bf16_on_cpus_with_bf16_units(monkeypatch, native):
-    import harness.train as train
+    import harness.runtime as train
 
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
@@ -87,7 +84,7 @@ def test_auto_precision_is_fp16_on_cuda_and_bf16_on_cpus_with_bf16_units(monkeyp
 
 
 def test_native_bf16_probe_follows_torch_cpu_capabilities(monkeypatch):
-    import harness.train as train
+    import harness.runtime as train
 
     for avx512_bf16, amx, expected in ((True, False, True), (False, True, True),
                                        (False, False, False)):
@@ -100,17 +97,17 @@ def test_native_bf16_probe_follows_torch_cpu_capabilities(monkeypatch):
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch):
-    import harness.train as train
+    import harness.step as train
 
     seen = []
     monkeypatch.setattr(torch, "compile", lambda module, mode=None: seen.append(mode) or module)
     cfg = _digits_cfg(compile=True, compile_mode="max-autotune-no-cudagraphs")
     config = {"arch": "preactresnet18", "act": {"name": "relu"}, "num_classes": 10,
               "in_channels": 1, "width": 0.0625, "mean": [0.0], "std": [1.0]}
-    train._build_engine(cfg, config, torch.device("cpu"), None, False)
+    train.build_engine(cfg, config, torch.device("cpu"), None, False)
     assert seen == ["max-autotune-no-cudagraphs"]
     seen.clear()
-    train._build_engine(_digits_cfg(compile=True), config, torch.device("cpu"), None, False)
+    train.build_engine(_digits_cfg(compile=True), config, torch.device("cpu"), None, False)
     assert seen == [None]  # torch.compile's own default mode
 
 
@@ -242,7 +239,7 @@ def test_tiny_cifar10_jpeg_run_beats_chance_under_attack(cifar10_jpg, tmp_path):
 
 
 def test_resume_says_when_auto_precision_resolves_differently(tmp_path, monkeypatch):
-    import harness.train as train
+    import harness.runtime as train
 
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
     run_training(_digits_cfg(epochs=1), tmp_path, progress=False)
@@ -304,7 +301,7 @@ def test_seeds_up_to_two_to_the_63_minus_one_are_accepted():
 
 @pytest.mark.parametrize("name", ["meta", "xla", "cuda:x"])
 def test_devices_the_harness_cannot_run_on_are_refused_by_name(name):
-    from harness.train import resolve_device
+    from harness.runtime import resolve_device
 
     with pytest.raises(BadInput, match=rf"device='{name}'.*allowed: auto, cpu, cuda, cuda:N"):
         resolve_device(name)

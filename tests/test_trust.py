@@ -43,7 +43,7 @@ def _one_thread():
 
 
 def _tiny_cfg(**over):
-    from harness.train import TrainConfig
+    from harness.config import TrainConfig
 
     return TrainConfig.from_dict(TINY_RUN | over)
 
@@ -251,7 +251,8 @@ def straight_run(tmp_path_factory):
 CHILD = """
 import sys, torch
 torch.set_num_threads(1)
-from harness.train import TrainConfig, run_training
+from harness.config import TrainConfig
+    from harness.train import run_training
 cfg = TrainConfig.from_dict({cfg!r})
 run_training(cfg, sys.argv[1], progress=False)
 """
@@ -259,7 +260,8 @@ run_training(cfg, sys.argv[1], progress=False)
 
 def test_sigkill_during_a_checkpoint_write_then_resume_equals_an_uninterrupted_run(
         straight_run, tmp_path):
-    from harness.train import read_metrics, run_training
+    from curvtools.runfiles import read_metrics
+    from harness.train import run_training
 
     _, straight = straight_run
     out = tmp_path / "run"
@@ -412,7 +414,8 @@ def test_disk_full_after_epoch_1_stops_the_run_and_keeps_epoch_1_checkpoints(
     ENOSPC, as on a full disk. Running as root, chmod cannot make a folder unwritable, and no
     small tmpfs is available, so the failure is injected at the os level in-process."""
     import harness.checkpoint as checkpoint_module
-    from harness.train import read_metrics, run_training
+    from curvtools.runfiles import read_metrics
+    from harness.train import run_training
 
     out = tmp_path / "run"
     saved: dict[str, str] = {}
@@ -443,7 +446,8 @@ def test_disk_full_after_epoch_1_stops_the_run_and_keeps_epoch_1_checkpoints(
 
 def test_divergence_stops_clearly_and_best_and_last_stay_byte_identical_to_the_last_good_epoch(
         tmp_path):
-    from harness.train import TrainingDiverged, read_metrics, run_training
+    from curvtools.runfiles import read_metrics
+    from harness.train import TrainingDiverged, run_training
 
     # lr 0.05 in epoch 1, then the milestone multiplies it by 2e7: NaN in epoch 2
     cfg = _tiny_cfg(lr_milestones=[1.0], lr_gamma=2e7, train_subset=200)

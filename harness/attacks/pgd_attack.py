@@ -1,8 +1,10 @@
 """Projected gradient descent (Madry et al., 2018): the one PGD of the project.
 
-Training, per-epoch evaluation, ``harness eval`` and the tests all call :func:`pgd`. It follows
-``attack_pgd`` of Rice et al.'s released code (``locuslab/robust_overfitting``, ``train_cifar.py``),
-which the paper's authors forked, with these facts read from that code:
+Training, per-epoch evaluation, ``harness eval`` and the tests all run :func:`pgd`, through
+the registry entry ``"pgd"`` (:class:`PGD`, which takes a
+:class:`~harness.attacks.threat.ThreatModel`). It follows ``attack_pgd`` of Rice et al.'s
+released code (``locuslab/robust_overfitting``, ``train_cifar.py``), which the paper's authors
+forked, with these facts read from that code:
 
 * start: l_inf uniform in [-eps, eps]; then clipped so that x + delta stays in [0, 1];
 * step: l_inf ``delta + alpha * sign(grad)``, clipped to [-eps, eps], then to [0, 1] - x;
@@ -41,26 +43,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from curvtools.errors import BadInput
-
-Norm = Literal["linf", "l2"]
-BNMode = Literal["train", "eval", "keep"]
-
-_NORM_ALIASES = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l2": "l2", "l_2": "l2"}
-
-
-def normalize_norm_name(norm: str) -> str:
-    """``"linf"`` or ``"l2"`` for the accepted spellings (``l_inf``, ``inf``, ``l_2``)."""
-    key = str(norm).strip().lower()
-    if key not in _NORM_ALIASES:
-        raise BadInput(f"norm {norm!r} is not supported; allowed: linf, l2")
-    return _NORM_ALIASES[key]
+from harness.attacks.base import Attack
+from harness.attacks.threat import ThreatModel, normalize_norm_name
 
 
 @contextlib.contextmanager
@@ -341,3 +331,43 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha
             best_delta = torch.where(take.reshape(per_example), delta, best_delta)
             best_loss = torch.maximum(best_loss, final_loss)
     return best_delta
+
+
+class PGD(Attack):
+    """:func:`pgd` as a registry attack: every setting comes from the :class:`ThreatModel`.
+
+    The random starts are drawn by :meth:`starts` (from the caller's generator) and passed to
+    :meth:`perturb`, so that ``perturb`` draws no random numbers and never syncs the host: on
+    CUDA the caller replays it from a CUDA graph (``graphable``), and data-parallel ranks draw
+    exactly the starts one process would (``rows_of_batch``).
+
+    Example::
+
+        >>> attack = PGD(ThreatModel.from_255(eps_255=8, step_255=2, steps=10))
+        >>> delta = attack.perturb(model, x, y, *attack.starts(x, generator))
+    """
+
+    name = "pgd"
+    graphable = True
+    honours = frozenset({"norm", "eps", "step", "steps", "restarts", "random_start", "bn_mode"})
+
+    def __init__(self, threat: ThreatModel, *, early_stop: bool = False):
+        super().__init__(threat)
+        self.early_stop = early_stop
+
+    def starts(self, x: torch.Tensor, generator: torch.Generator | None = None,
+               rows_of_batch: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, ...]:
+        t = self.threat
+        return draw_starts(x, eps=t.eps, norm=t.norm, restarts=t.restarts,
+                           random_start=t.random_start, generator=generator,
+                           rows_of_batch=rows_of_batch)
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor,
+                autocast_dtype: torch.dtype | None = None,
+                final_forward: bool = True) -> torch.Tensor:
+        t = self.threat
+        return pgd(model, x, y, eps=t.eps, alpha=t.step, steps=t.steps, restarts=t.restarts,
+                   norm=t.norm, random_start=t.random_start, bn_mode=t.bn_mode,
+                   autocast_dtype=autocast_dtype, early_stop=self.early_stop,
+                   starts=starts or None,  # none given: draw them here (global RNG)
+                   final_forward=final_forward)

@@ -1,0 +1,172 @@
+"""Any attack of the torchattacks library as a registry attack: ``torchattacks:NAME``.
+
+One adapter instead of one hand-written branch per attack. The threat model's fields go to the
+attack class's own arguments where it has them (``eps``, ``alpha`` = step, ``steps``,
+``n_restarts``, ``random_start``, ``norm``), plus ``n_classes`` and ``seed``. What the class
+cannot take is honoured here or refused:
+
+* restarts of an attack with a random start but no ``n_restarts`` (PGD, PGDL2, ...): the attack
+  runs ``restarts`` times and per example the highest-loss perturbation is kept;
+* the norm of a class without a ``norm`` argument is fixed (``...L2`` classes and CW: l2; the
+  rest: linf): another threat-model norm is refused;
+* every perturbation is checked against the threat model: an example whose perturbation leaves
+  the eps ball (CW and DeepFool minimize the norm instead of bounding it) counts as not broken
+  (its delta is reset to 0), so robust accuracy is always accuracy within eps;
+* BatchNorm: torchattacks runs the model in eval mode; ``bn_mode="train"`` is refused.
+
+Extra keyword arguments of the class follow the name: ``torchattacks:APGD:loss=dlr``,
+``torchattacks:Square:n_queries=1000`` (numbers are parsed, the rest are strings).
+
+Example::
+
+    >>> attack = make_attack("torchattacks:APGD:loss=dlr", threat, num_classes=10)
+    >>> delta = attack.perturb(model, x, y)
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from curvtools.errors import BadInput
+from harness.attacks.base import Attack
+from harness.attacks.threat import ThreatModel
+
+PREFIX = "torchattacks"
+# classes whose threat model is l2 although they take no norm argument
+_L2_CLASSES = ("CW", "DeepFool", "EADEN", "EADL1")
+_BALL_TOLERANCE = 1e-6  # float slack when checking ||delta|| <= eps
+
+
+def _parse_value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_name(name: str) -> tuple[str, dict[str, Any]]:
+    """``"torchattacks:APGD:loss=dlr"`` -> ``("APGD", {"loss": "dlr"})``."""
+    parts = name.split(":")
+    if len(parts) < 2 or parts[0] != PREFIX or not parts[1]:
+        raise BadInput(f"attack {name!r}: expected {PREFIX}:CLASS[:key=value,...], "
+                       f"e.g. {PREFIX}:APGD:loss=dlr")
+    options: dict[str, Any] = {}
+    for item in ":".join(parts[2:]).split(","):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInput(f"attack {name!r}: option {item!r} is not key=value")
+        options[key.strip()] = _parse_value(value.strip())
+    return parts[1], options
+
+
+def _attack_class(class_name: str):
+    try:
+        import torchattacks
+    except ImportError:
+        raise BadInput(f"attack {PREFIX}:{class_name} needs the torchattacks package "
+                       f"(pip install torchattacks)") from None
+    cls = getattr(torchattacks, class_name, None)
+    base = getattr(torchattacks, "Attack", object)
+    if not (isinstance(cls, type) and issubclass(cls, base)) or class_name in ("Attack",
+                                                                              "MultiAttack"):
+        known = sorted(n for n in dir(torchattacks) if n[:1].isupper()
+                       and isinstance(getattr(torchattacks, n), type)
+                       and issubclass(getattr(torchattacks, n), base)
+                       and n not in ("Attack", "MultiAttack"))
+        raise BadInput(f"torchattacks has no attack {class_name!r}; known: {', '.join(known)}")
+    return cls
+
+
+class TorchattacksAttack(Attack):
+    """A torchattacks class run under a :class:`ThreatModel` (see the module docstring)."""
+
+    name = PREFIX
+
+    def __init__(self, threat: ThreatModel, class_name: str, *, num_classes: int = 10,
+                 seed: int = 0, options: dict[str, Any] | None = None):
+        super().__init__(threat)
+        self.cls = _attack_class(class_name)
+        self.class_name, self.num_classes, self.seed = class_name, num_classes, seed
+        self.name = f"{PREFIX}:{class_name}"
+        self.options = dict(options or {})
+        sig = inspect.signature(self.cls.__init__).parameters
+        bad = sorted(set(self.options) - set(sig) - {"self", "model"})
+        if bad:
+            raise BadInput(f"attack {self.name} has no argument {', '.join(bad)}; its arguments: "
+                           f"{', '.join(p for p in sig if p not in ('self', 'model'))}")
+        self.kwargs: dict[str, Any] = {}
+        honours = {"eps", "norm", "bn_mode"}  # eps by the ball check; bn_mode: eval only
+        mapping = {"eps": threat.eps, "alpha": threat.step, "steps": threat.steps,
+                   "n_restarts": threat.restarts, "random_start": threat.random_start,
+                   "n_classes": num_classes, "seed": seed}
+        fields = {"alpha": "step", "steps": "steps", "n_restarts": "restarts",
+                  "random_start": "random_start"}
+        for arg, value in mapping.items():
+            if arg in sig:
+                self.kwargs[arg] = value
+                if arg in fields:
+                    honours.add(fields[arg])
+        if "norm" in sig:
+            self.kwargs["norm"] = {"linf": "Linf", "l2": "L2"}[threat.norm]
+        else:
+            fixed = "l2" if class_name.endswith("L2") or class_name in _L2_CLASSES else "linf"
+            if threat.norm != fixed:
+                raise BadInput(f"attack {self.name} attacks in {fixed} only; the threat model "
+                               f"is {threat.norm}")
+        self.repeats = 1
+        if "n_restarts" not in sig and "random_start" in sig:
+            self.repeats = threat.restarts  # restarts done here, keeping the worst case
+            honours.add("restarts")
+        self.honours = frozenset(honours)
+        if threat.bn_mode == "train":
+            raise BadInput(f"attack {self.name} runs the model in eval mode; bn_mode 'train' is "
+                           f"for our PGD only")
+        self.kwargs.update(self.options)
+        self._built: tuple[nn.Module, Any] | None = None
+
+    def _attack_for(self, model: nn.Module):
+        if self._built is None or self._built[0] is not model:
+            torch.manual_seed(self.seed)  # attacks that draw from the global RNG start here
+            self._built = (model, self.cls(model, **self.kwargs))
+        return self._built[1]
+
+    def _within_ball(self, delta: torch.Tensor) -> torch.Tensor:
+        flat = delta.flatten(1)
+        size = flat.abs().amax(1) if self.threat.norm == "linf" else flat.norm(dim=1)
+        return size <= self.threat.eps * (1 + _BALL_TOLERANCE) + _BALL_TOLERANCE
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor,
+                autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        # torchattacks runs its own forwards, in fp32 (autocast_dtype is for the caller's)
+        attack = self._attack_for(model)
+        best_delta, best_loss = torch.zeros_like(x), None
+        for _ in range(self.repeats):
+            delta = (attack(x, y).detach() - x).float()
+            inside = self._within_ball(delta).reshape(-1, *([1] * (x.dim() - 1)))
+            delta = torch.where(inside, delta, torch.zeros_like(delta))
+            if self.repeats == 1:
+                return delta
+            with torch.no_grad():
+                loss = F.cross_entropy(model(x + delta), y, reduction="none")
+            take = loss >= best_loss if best_loss is not None else torch.ones_like(loss, dtype=bool)
+            best_delta = torch.where(take.reshape(inside.shape), delta, best_delta)
+            best_loss = loss if best_loss is None else torch.maximum(best_loss, loss)
+        return best_delta
+
+
+def describe_class(class_name: str) -> str:
+    """First line of a torchattacks class's docstring (for ``--help`` lists)."""
+    doc = inspect.getdoc(_attack_class(class_name)) or ""
+    return doc.splitlines()[0] if doc else class_name
+
+
+__all__ = ["PREFIX", "TorchattacksAttack", "parse_name", "describe_class"]

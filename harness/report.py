@@ -1,0 +1,79 @@
+"""What a training run shows while it works: a progress bar and one line per epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from curvtools.progress import advance, new_progress
+
+
+class Reporter:
+    """Rich progress bar (rate and ETA) over all training batches, plus one line per epoch."""
+
+    def __init__(self, enabled: bool, log: Callable[[str], None] | None, epochs: int,
+                 start_epoch: int, n_train: int, n_val: int, n_test: int):
+        self.enabled, self.log = enabled, log
+        self.epochs, self.epoch = epochs, start_epoch
+        self.n_train, self.n_eval = n_train, n_val + n_test
+        self.progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            self.progress = new_progress()
+            self.progress.__enter__()
+            done = self.epoch * self.n_train
+            self.task = self.progress.add_task("train", total=self.epochs * self.n_train,
+                                               completed=done, rate="")
+            self.eval_task = self.progress.add_task("eval", total=self.n_eval, visible=False,
+                                                    rate="")
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        return False
+
+    def train_step(self) -> None:
+        if self.progress is not None:
+            advance(self.progress, self.task, unit="batch")
+
+    def start_eval(self) -> None:
+        if self.progress is not None:
+            self.progress.reset(self.eval_task, total=self.n_eval, visible=True,
+                                description=f"eval epoch {self.epoch + 1}")
+
+    def eval_step(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.eval_task)
+
+    def end_eval(self) -> None:
+        if self.progress is not None:
+            self.progress.update(self.eval_task, visible=False)
+        self.epoch += 1
+
+    def line(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, soft_wrap=True)
+
+    def epoch_line(self, row: dict) -> None:
+        self.line(format_epoch_line(row, self.epochs))
+
+
+def format_epoch_line(row: Mapping[str, Any], epochs: int) -> str:
+    """One-line epoch summary, accuracies in percent."""
+    def pct(key):
+        return f"{100 * row[key]:5.1f}" if key in row else "  -  "
+
+    text = (f"epoch {row['epoch']:>3}/{epochs} lr {row['lr']:.4g} | train clean "
+            f"{pct('train_clean_acc')}"
+            f" robust {pct('train_robust_acc')} | val clean {pct('val_clean_acc')} robust "
+            f"{pct('val_robust_acc')} | test clean {pct('test_clean_acc')} robust "
+            f"{pct('test_robust_acc')} | {row['train_seconds']:.1f}s + {row['eval_seconds']:.1f}s")
+    if "hessian_lambda_max_mean" in row:
+        text += f" | lambda_max mean {row['hessian_lambda_max_mean']:.3g}"
+    return text
+
+

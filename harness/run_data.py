@@ -1,0 +1,89 @@
+"""A run's images on the device: the dataset opened, split 90/10, subsets taken, batched."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from curvtools.errors import BadInput
+from harness.config import TrainConfig
+from harness.distributed import SINGLE, DistContext, per_rank_batch
+
+
+@dataclass
+class RunData:
+    """Images and split of a run, on the device."""
+
+    source_info: dict
+    num_classes: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: Any  # harness.data.DeviceBatches
+    val: Any
+    test: Any
+    indices: dict[str, np.ndarray]
+
+
+def indices_hash(idx: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(idx, dtype=np.int64).tobytes()).hexdigest()
+
+
+def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool,
+                  dist: DistContext = SINGLE) -> RunData:
+    """Open the dataset, split 90/10 (``split_seed``), take subsets, put everything on device.
+
+    Data parallel (``dist``): this rank's training batches are ``batch_size / world_size``
+    rows of each global batch (``DeviceBatches`` sharding); every rank holds val and test.
+    """
+    from harness.data import DeviceBatches, split_train_val, stratified_subset
+    from harness.datasets import open_source
+
+    source = open_source(cfg.dataset, cfg.data_dir, cfg.download)
+    train_labels = source.labels("train")
+    test_labels = source.labels("test")
+    train_idx, val_idx = split_train_val(len(train_labels), cfg.val_fraction, cfg.split_seed)
+    if len(val_idx) == 0:  # the best checkpoint is chosen on validation
+        raise BadInput(f"val_fraction={cfg.val_fraction} of {len(train_labels)} training images "
+                       f"leaves no validation image; allowed: more than "
+                       f"0.5/{len(train_labels)}")
+    if cfg.train_subset is not None:
+        train_idx = stratified_subset(train_labels, train_idx, cfg.train_subset, cfg.split_seed)
+    if cfg.val_subset is not None:
+        val_idx = stratified_subset(train_labels, val_idx, cfg.val_subset, cfg.split_seed)
+    test_idx = np.arange(len(test_labels), dtype=np.int64)
+    if cfg.test_subset is not None:
+        test_idx = stratified_subset(test_labels, test_idx, cfg.test_subset, cfg.split_seed)
+    if len(train_idx) == 0:
+        raise BadInput(f"val_fraction={cfg.val_fraction} of {len(train_labels)} training images "
+                       f"leaves no training image; allowed: less than "
+                       f"1 - 0.5/{len(train_labels)}")
+    if cfg.batch_size > len(train_idx):
+        raise BadInput(f"batch_size={cfg.batch_size} is larger than the training set "
+                       f"({len(train_idx)} images)")
+    rank_batch = per_rank_batch(cfg.batch_size, dist)
+    # A last batch of one image breaks train-mode BatchNorm; drop it in that case only.
+    drop_last = (len(train_idx) // dist.world_size) % rank_batch == 1
+
+    def batches(part, idx, labels, size, drop, rank=0, world_size=1):
+        return DeviceBatches(source.images(part, idx), labels[idx], device, batch_size=size,
+                             drop_last=drop, channels_last=channels_last, rank=rank,
+                             world_size=world_size)
+
+    return RunData(
+        source_info=source.info(), num_classes=source.num_classes,
+        in_channels=source.in_channels, mean=tuple(source.mean), std=tuple(source.std),
+        train=batches("train", train_idx, train_labels, rank_batch, drop_last, dist.rank,
+                      dist.world_size),
+        val=batches("train", val_idx, train_labels, cfg.eval_batch_size, False),
+        test=batches("test", test_idx, test_labels, cfg.eval_batch_size, False),
+        indices={"train": train_idx, "val": val_idx, "test": test_idx})
+
+
+# --- run directory ---------------------------------------------------------------------------
+
+
