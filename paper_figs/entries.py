@@ -62,6 +62,7 @@ class EntryResult:
     missing: list[str] = field(default_factory=list)
     unavailable: str = ""
     error: str = ""
+    notes: list[str] = field(default_factory=list)  # stale inputs, missing manifests, checks
 
 
 def render_all(ctx: Context, only: list[str] | None = None) -> list[EntryResult]:
@@ -76,6 +77,7 @@ def render_all(ctx: Context, only: list[str] | None = None) -> list[EntryResult]
             continue
         result = EntryResult(entry.name, entry.title)
         ctx.missing.pop(entry.name, None)  # rendering twice must not list runs twice
+        ctx.notes.pop(entry.name, None)
         try:
             result.outputs = entry.render(ctx)
         except Unavailable as err:
@@ -83,5 +85,6 @@ def render_all(ctx: Context, only: list[str] | None = None) -> list[EntryResult]
         except Exception as err:  # one broken entry must not stop the others; it is reported
             result.error = f"{type(err).__name__}: {err}"
         result.missing = ctx.missing.get(entry.name, [])
+        result.notes = [*ctx.notes.get(entry.name, []), *ctx.notes.get(entry.name + ":scale", [])]
         results.append(result)
     return results
