@@ -21,6 +21,7 @@ from paper_figs.curves import figure1, figure4
 from paper_figs.hessian import figure3
 from paper_figs.runsets import Context
 from paper_figs.shapes import Unavailable, shape_figure
+from paper_figs.synthesis import synthesis
 from paper_figs.tables import render_table
 from paper_figs.width import figure7
 
@@ -49,6 +50,8 @@ ENTRIES: tuple[Entry, ...] = (
           partial(render_table, name="table1")),
     Entry("table2", "PSwish beta", ("table2-pswish",), partial(render_table, name="table2")),
     Entry("table3", "LeakyReLU k", ("table3-leakyrelu",), partial(render_table, name="table3")),
+    Entry("synthesis", "generalization gap and lambda_max vs curvature, all CIFAR-10 runs",
+          ("table1-cifar10", "table2-pswish", "table3-leakyrelu", "curvature-sweep"), synthesis),
 )
 
 
