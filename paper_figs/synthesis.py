@@ -111,7 +111,7 @@ def collect(ctx: Context) -> list[Point]:
     points = []
     for spec in SPECS:
         for group in ctx.groups(spec, "synthesis"):
-            for seed, run in sorted(group.seeds.items()):
+            for run in group.runs:
                 name = f"{spec}/{run.path.name}"
                 points.append(run_point(name, run, group.paper))
     return points
