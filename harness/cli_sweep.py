@@ -22,14 +22,14 @@ def _plan_rows(plan) -> list[dict]:
 
 def sweep(
     spec: str = typer.Argument(..., help="Bundled spec name (table1-cifar10, table1-cifar100, "
-                               "table2-pswish, table3-leakyrelu, fig7-width) or a path to a "
-                               "spec .json file."),
+                               "table2-pswish, table3-leakyrelu, fig7-width, curvature-sweep; "
+                               "in harness/specs/) or a path to a spec .json file."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir",
                                   help="Folder of run directories; runs go to "
                                        "RUNS_DIR/SCALE/SPEC/RUN."),
     scale: str = typer.Option("paper", "--scale",
                               help="'paper' (the paper's settings) or a scale the spec defines, "
-                                   "e.g. 'mini' (CPU-sized)."),
+                                   "e.g. 'mini' (CPU-sized), 'gpu-mini' (one GPU)."),
     only: list[str] = typer.Option(None, "--only",
                                    help="Run only this run of the spec (repeatable)."),
     seeds: str = typer.Option(None, "--seeds",

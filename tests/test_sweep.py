@@ -336,3 +336,36 @@ def test_the_sweep_does_not_import_paper_figs():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["table1-cifar10", "table2-pswish", "table3-leakyrelu",
+                                  "curvature-sweep"])
+def test_gpu_mini_scale_is_the_papers_model_on_a_subset(name, tmp_path):
+    plan = plan_sweep(name, tmp_path, scale="gpu-mini")
+    for p in plan:
+        c = p.config
+        assert (c.arch, c.width, c.train_steps, c.eps_255, c.alpha_255) == (
+            "preactresnet18", 1.0, 10, 8.0, 2.0)
+        assert (c.train_subset, c.val_subset, c.test_subset, c.epochs) == (2000, 500, 1000, 80)
+        assert list(c.lr_milestones) == [40, 60] and c.eval_steps == 10
+        assert (c.hessian_every, c.hessian_examples, c.save_every, c.precision) == (
+            10, 32, 20, "auto")
+        assert c.dataset.startswith("imagefolder:") and c.dataset.endswith("cifar10-jpg")
+
+
+def test_curvature_sweep_spans_pswish_beta_and_leakyrelu_k():
+    spec = load_spec("curvature-sweep")
+    cfgs = [c for _, c in spec.run_configs("paper")]
+    assert [c["beta"] for c in cfgs if c["act"] == "pswish"] == [0.25, 0.5, 1, 2, 4, 10, 20, 40]
+    assert [c["k"] for c in cfgs if c["act"] == "leakyrelu"] == [0.8, 0.5, 0.3, 0, -0.2, -0.5]
+    assert all(c["epochs"] == 200 and c["train_steps"] == 10 for c in cfgs)
+
+
+@pytest.mark.parametrize("name", bundled_spec_names())
+def test_every_bundled_spec_dry_runs_at_every_scale(name, tmp_path, capsys):
+    for scale in load_spec(name).scale_names():
+        sweep_cli(["sweep", name, "--scale", scale, "--runs-dir", str(tmp_path / "runs"),
+                   "--dry-run", "--seeds", "0,1"])
+        out = capsys.readouterr().out
+        assert f"scale {scale}, seeds 0,1" in out and " start " in out
+    assert not (tmp_path / "runs").exists()
