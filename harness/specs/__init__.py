@@ -36,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -305,7 +306,7 @@ def write_manifest(spec: Spec, runs_dir: str | Path, scale: str, seeds: Sequence
     except (OSError, ValueError, AttributeError):
         pass
     all_seeds = sorted(set(earlier) | set(seeds))
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")  # sweeps side by side: one each
     tmp.write_text(json.dumps(manifest(spec, scale, all_seeds, overrides), indent=2) + "\n")
     tmp.replace(path)
     return path
