@@ -90,7 +90,9 @@ def build_figure4(ctx: Context):
         top.xaxis.set_tick_params(labelbottom=False)
     axes[0][0].set_ylabel("error (%)")
     axes[1][0].set_ylabel("loss")
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.16)  # room for the legend under the panels, off the data
     fig.suptitle(f"Figure 4: learning curves, CIFAR-10 ({ctx.scale} scale)")
     return fig
 

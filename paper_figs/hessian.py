@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from paper_figs.curves import COLORS
-from paper_figs.output import epoch_axis, pyplot, save_figure
+from paper_figs.output import epoch_axis, plain_log_ticks, pyplot, save_figure
 from paper_figs.rundir import hessian_points
 from paper_figs.runsets import ACT_LABELS, Context
 
@@ -70,6 +70,7 @@ def build_figure3(ctx: Context):
     ax.set_ylabel(r"$\lambda_{\max}$ of the input Hessian (mean)")
     if all((v > 0).all() for _, v, _ in curves.values()):
         ax.set_yscale("log")  # the curves span orders of magnitude across activations
+        plain_log_ticks(ax.yaxis)
     ax.set_title(f"Figure 3: input-Hessian maximum eigenvalue ({ctx.scale} scale)")
     ax.legend(fontsize=7)
     return fig

@@ -65,3 +65,12 @@ def seed_band(ax, runs, key: str, transform=lambda v: v, **style) -> tuple[list,
         ax.fill_between(epochs, values.min(axis=0), values.max(axis=0),
                         color=line.get_color(), alpha=0.2, lw=0)
     return epochs, list(mean)
+
+
+def plain_log_ticks(axis) -> None:
+    """Ticks of a log axis at 1, 2, 5 x 10^n written as plain numbers (0.05, not 5x10^-2)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from paper_figs.output import pyplot, save_figure
+from paper_figs.output import plain_log_ticks, pyplot, save_figure
 from paper_figs.rundir import RunData, hessian_points
 from paper_figs.runsets import Context, settings_of
 from paper_figs.tables import fit_regime
@@ -202,14 +202,6 @@ def _short(p: Point) -> str:
     return f"{p.act}({params})" if params else p.act
 
 
-def _plain_log_ticks(axis) -> None:
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
 def build_figure(points: list[Point], stats: dict[str, dict[str, Any]], scale: str):
     """Six panels: the five quantities against curvature, then the regime (train robust acc)."""
     plt = pyplot()
@@ -229,7 +221,7 @@ def build_figure(points: list[Point], stats: dict[str, dict[str, Any]], scale: s
         ax.margins(0.15)
         if have and all(p.curvature > 0 for p in have):
             ax.set_xscale("log")
-            _plain_log_ticks(ax.xaxis)
+            plain_log_ticks(ax.xaxis)
         if key == "train_robust_acc":
             ax.set_title("regime: final train robust accuracy (%)", fontsize=9)
         else:
@@ -238,7 +230,7 @@ def build_figure(points: list[Point], stats: dict[str, dict[str, Any]], scale: s
         if key == "lambda_max_last" and values and min(values) > 0 and \
                 max(values) > 20 * min(values):  # log only when it spans orders of magnitude
             ax.set_yscale("log")
-            _plain_log_ticks(ax.yaxis)
+            plain_log_ticks(ax.yaxis)
     fig.suptitle(f"Synthesis ({scale} scale): gaps vs curvature, {len(points)} runs; marker "
                  "size = train robust accuracy, hollow = underfit (train clean < 60%)")
     fig.tight_layout()
