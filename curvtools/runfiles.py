@@ -23,3 +23,14 @@ def read_metrics(path: Path) -> list[dict]:
             if isinstance(row, dict):
                 rows.append(row)
     return rows
+
+
+def read_epochs(path: Path) -> list[dict]:
+    """One row per epoch, ordered by epoch: a resumed run may repeat an epoch (the last row
+    wins); rows without an integer ``epoch`` are left out. Built on :func:`read_metrics`."""
+    by_epoch: dict[int, dict] = {}
+    for row in read_metrics(path):
+        epoch = row.get("epoch")
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            by_epoch[epoch] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]

@@ -22,16 +22,20 @@ def _plan_rows(plan) -> list[dict]:
 
 def sweep(
     spec: str = typer.Argument(..., help="Bundled spec name (table1-cifar10, table1-cifar100, "
-                               "table2-pswish, table3-leakyrelu, fig7-width) or a path to a "
-                               "spec .json file."),
+                               "table2-pswish, table3-leakyrelu, fig7-width, curvature-sweep; "
+                               "in harness/specs/) or a path to a spec .json file."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir",
                                   help="Folder of run directories; runs go to "
                                        "RUNS_DIR/SCALE/SPEC/RUN."),
     scale: str = typer.Option("paper", "--scale",
                               help="'paper' (the paper's settings) or a scale the spec defines, "
-                                   "e.g. 'mini' (CPU-sized)."),
+                                   "e.g. 'mini' (CPU-sized), 'gpu-mini' (one GPU)."),
     only: list[str] = typer.Option(None, "--only",
                                    help="Run only this run of the spec (repeatable)."),
+    seeds: str = typer.Option(None, "--seeds",
+                              help="Training seeds, comma-separated, e.g. 0,1,2 (default: the "
+                                   "spec's 'seeds', else 0). Seed 0 trains in "
+                                   "RUNS_DIR/SCALE/SPEC/RUN, seed N in .../RUN-seedN."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the plan (finished / resume / start) and exit."),
     executor: str = typer.Option("local", "--executor",
@@ -71,12 +75,14 @@ def sweep(
 ) -> None:
     """Run every missing run of SPEC in sequence; finished runs are skipped, unfinished resumed."""
     from harness.executors import make_executor  # local, local --gpus N, slurm
+    from harness.specs import parse_seeds
     from harness.sweep import (
         STATUSES,
         check_no_conflicts,
         load_spec,
         parse_settings,
         plan_sweep,
+        write_manifest,
     )
 
     check_output_dir("--runs-dir", runs_dir, writable=False)  # --dry-run only reads
@@ -90,12 +96,15 @@ def sweep(
     runner = make_executor(executor, progress=progress, keep_going=keep_going, gpus=gpus,
                            resources=spec_obj.resources_for(scale), partition=partition,
                            account=account, timeout_min=timeout_min, wait=wait)
-    plan = plan_sweep(spec_obj, runs_dir, scale, only=only or None, settings=settings)
+    seed_list = parse_seeds(seeds) if seeds is not None else spec_obj.seeds_for(scale)
+    plan = plan_sweep(spec_obj, runs_dir, scale, only=only or None, settings=settings,
+                      seeds=seed_list)
     # before any output: a plan file inside a run folder could replace that run's config.json
     check_output_path("--json", json_path, inputs=spec_file,
                       run_dirs=[Path(r.out_dir) for r in plan])
     counts = {s: sum(r.status == s for r in plan) for s in STATUSES}
-    print(f"spec {spec_obj.name} ({spec_obj.source}), scale {scale}: {len(plan)} runs; "
+    print(f"spec {spec_obj.name} ({spec_obj.source}), scale {scale}, seeds "
+          f"{','.join(map(str, seed_list))}: {len(plan)} runs; "
           + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
     for run in plan:
         print("  " + run.describe())
@@ -106,6 +115,10 @@ def sweep(
     failed: dict[str, str] = {}
     if not dry_run:
         check_no_conflicts(plan)
+        if any(r.needs_work for r in plan) and hasattr(runner, "check_ready"):
+            runner.check_ready()  # e.g. no sbatch: refuse before writing anything
+        # the manifest python -m paper_figs reads (run order, labels, the scale's settings)
+        print(f"  manifest: {write_manifest(spec_obj, runs_dir, scale, seed_list, settings)}")
         from harness.train import TrainingDiverged
 
         try:
@@ -120,6 +133,7 @@ def sweep(
               f"{counts['finished']} were already finished")
     if json_path is not None:
         json_path.write_text(json.dumps({"spec": spec_obj.name, "scale": scale,
+                                         "seeds": list(seed_list),
                                          "dry_run": dry_run, "plan": _plan_rows(plan),
                                          "ran": ran, "failed": failed}, indent=2))
     if failed:

@@ -172,7 +172,8 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     ``alpha_255`` when not given (else l_inf, 8 and 2, the paper's). ``n`` test images (a
     class-balanced subset drawn with the run's split seed; all when None). ``restarts``: None
     is the attack's reporting default (5 for ``pgd``, the paper's PGD-20 x 5; 1 for the
-    others). ``attack``: a name of the registry (:func:`harness.attacks.make_attack`); ``explicit``: the threat-model fields
+    others). ``attack``: a name of the registry (:func:`harness.attacks.make_attack`);
+    ``explicit``: the threat-model fields
     the user set (``steps``, ``restarts``, ``eps``, ``step``, ``norm``), refused when the
     attack does not use them. ``on_start(num_batches, attack, num_images)`` is called before the
     work starts and ``on_batch()`` after each batch (a progress bar). Returns a JSON-able dict

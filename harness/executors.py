@@ -311,6 +311,13 @@ class SlurmExecutor:
                                               account=self.account,
                                               timeout_min=self.timeout_min)
 
+    def check_ready(self) -> None:
+        """Raise :class:`BadInput` when jobs cannot be submitted from here (no ``sbatch``);
+        ``harness sweep`` calls it before it writes anything."""
+        if self.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise BadInput("--executor slurm: sbatch not found here; run the sweep on a SLURM "
+                           "login node, or use --executor local [--gpus N]")
+
     def execute(self, runs: Sequence[Any]) -> list[str]:
         """Submit every run that needs work; returns their names (all finished when ``wait``)."""
         import submitit
@@ -321,9 +328,7 @@ class SlurmExecutor:
         todo = [r for r in runs if r.needs_work]
         if not todo:
             return []
-        if self.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise BadInput("--executor slurm: sbatch not found here; run the sweep on a SLURM "
-                           "login node, or use --executor local [--gpus N]")
+        self.check_ready()
         folder = self.folder or Path(todo[0].out_dir).parent / "submitit"
         executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
         # slurm_* keys are ignored by submitit's local executors

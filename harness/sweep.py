@@ -2,9 +2,13 @@
 
 Two separate steps, so that another executor (a cluster scheduler) needs only the second:
 
-1. :func:`plan_sweep` turns a spec (``paper_figs.specs``), a scale and a runs folder into a list
-   of :class:`PlannedRun` -- the run name, its validated ``TrainConfig``, its run directory and
-   what is on disk (finished / resume / start / restart / conflict). Pure file inspection.
+1. :func:`plan_sweep` turns a spec (:mod:`harness.specs`), a scale, the seeds and a runs folder
+   into a list of :class:`PlannedRun` -- the run name, its validated ``TrainConfig``, its run
+   directory and what is on disk (finished / resume / start / restart / conflict). Pure file
+   inspection. Each run is planned once per seed: seed 0 in ``RUNS_DIR/SCALE/SPEC/RUN``, seed N
+   in ``RUNS_DIR/SCALE/SPEC/RUN-seedN`` (the ``seed`` setting set to N).
+   ``harness sweep`` then writes the manifest ``RUNS_DIR/SCALE/SPEC/spec.json``
+   (:func:`harness.specs.write_manifest`) that ``python -m paper_figs`` reads.
 2. An executor runs the plan. :class:`LocalExecutor` runs the runs one after another in this
    process, calling ``runner(cfg, out_dir, resume=..., overwrite=..., progress=...)``, by default
    :func:`harness.train.run_training`. :mod:`harness.executors` adds one run per GPU
@@ -36,11 +40,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from curvtools.errors import BadInput
-from harness.metrics_file import RUN_LOCK, read_metrics
-from paper_figs.specs import Spec, load_spec, run_dir
+from curvtools.runfiles import RUN_LOCK, read_metrics
+from harness.specs import Spec, load_spec, run_dir, write_manifest
 
 __all__ = ["PlannedRun", "plan_sweep", "LocalExecutor", "Executor", "load_spec",
-           "parse_settings", "finished_epochs", "check_no_conflicts", "STATUSES"]
+           "parse_settings", "finished_epochs", "check_no_conflicts", "STATUSES",
+           "write_manifest"]
 
 def _resumable_changes() -> tuple[str, ...]:
     """Settings that may differ between a run directory and the spec without making it another
@@ -70,6 +75,7 @@ class PlannedRun:
     epochs_total: int
     detail: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
 
     @property
     def needs_work(self) -> bool:
@@ -93,7 +99,7 @@ Runner = Callable[..., Any]
 
 def default_config_builder(settings: Mapping[str, Any]) -> Any:
     """``harness.train.TrainConfig.from_dict`` (imported here: it pulls in torch)."""
-    from harness.train import TrainConfig
+    from harness.config import TrainConfig
 
     return TrainConfig.from_dict(dict(settings))
 
@@ -211,13 +217,16 @@ def run_status(out_dir: Path, epochs_total: int, planned_config: Any) -> tuple[s
 def plan_sweep(spec: Spec | str | Path, runs_dir: str | Path, scale: str = "paper", *,
                only: Sequence[str] | None = None, settings: Mapping[str, Any] | None = None,
                config_builder: Callable[[Mapping[str, Any]], Any] | None = None,
-               ) -> list[PlannedRun]:
-    """Plan a sweep: every run of ``spec`` at ``scale``, its config, directory and status.
+               seeds: Sequence[int] | None = None) -> list[PlannedRun]:
+    """Plan a sweep: every run of ``spec`` at ``scale`` and seed, its config, directory, status.
 
     ``only`` restricts to the named runs; ``settings`` (e.g. ``{"dataset": ..., "epochs": 1}``)
-    override every run's config last. ``config_builder`` turns a settings dict into the
+    override every run's config last. ``seeds`` (default :meth:`Spec.seeds_for`, i.e. the spec's
+    ``seeds`` or ``(0,)``) plans each run once per seed with ``seed`` set to it; a ``seed`` in
+    ``settings`` is refused (use ``seeds``). ``config_builder`` turns a settings dict into the
     validated config object (default ``TrainConfig.from_dict``; tests pass a fake). Every run's
-    config is built here, so a bad field fails before anything trains.
+    config is built here, so a bad field fails before anything trains. Runs come in spec order,
+    all seeds of one run together.
     """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
@@ -230,16 +239,22 @@ def plan_sweep(spec: Spec | str | Path, runs_dir: str | Path, scale: str = "pape
                 raise BadInput(f"--only {name!r}: spec {spec.name!r} at scale {scale!r} has "
                                f"runs {', '.join(known)}")
         runs = [(name, cfg) for name, cfg in runs if name in only]
-    from harness.data import absolute_data_settings
+    from harness.datasets import absolute_data_settings
 
+    if settings and "seed" in settings:
+        raise BadInput("--set seed=...: the seed picks the run folder; use --seeds "
+                       f"{settings['seed']} instead")
+    seed_list = list(seeds) if seeds else list(spec.seeds_for(scale))
     plan = []
     for name, cfg in runs:
-        merged = {**cfg, **absolute_data_settings(settings or {})}
-        config = build(merged)
-        total = int(_config_value(config, "epochs") or 0)
-        out_dir = run_dir(runs_dir, scale, spec.name, name)
-        status, done, detail = run_status(out_dir, total, config)
-        plan.append(PlannedRun(name, config, out_dir, status, done, total, detail, merged))
+        for seed in seed_list:
+            merged = {**cfg, **absolute_data_settings(settings or {}), "seed": seed}
+            config = build(merged)
+            total = int(_config_value(config, "epochs") or 0)
+            out_dir = run_dir(runs_dir, scale, spec.name, name, seed)
+            status, done, detail = run_status(out_dir, total, config)
+            plan.append(PlannedRun(out_dir.name, config, out_dir, status, done, total, detail,
+                                   merged, seed))
     return plan
 
 

@@ -41,19 +41,23 @@ def main(
     scale: str = typer.Option("paper", "--scale",
                               help="Which runs to read: 'paper' or a spec scale such as 'mini'."),
     only: list[str] = typer.Option(None, "--only",
-                                   help="Render only this entry (fig1..fig7, table1..table3); "
+                                   help="Render only this entry (fig1..fig7, table1..table3, "
+                                        "synthesis); "
                                         "repeatable."),
     json_path: Path = typer.Option(None, "--json",
                                    help="Also write the report (outputs, missing runs) as JSON."),
 ) -> None:
     """Render every figure and table the runs allow and report what is missing."""
+    from paper_figs.catalog import KNOWN_SCALES
     from paper_figs.entries import ENTRIES, render_all
     from paper_figs.runsets import Context
-    from paper_figs.specs import bundled_spec_names, load_spec
 
-    scales = sorted({s for n in bundled_spec_names() for s in load_spec(n).scale_names()})
-    if scale not in scales:
-        raise BadInput(f"--scale {scale!r}: the bundled specs define {', '.join(scales)}")
+    on_disk = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() \
+        else []
+    if scale not in KNOWN_SCALES and scale not in on_disk:
+        raise BadInput(f"--scale {scale!r}: not a folder of {str(runs_dir)!r} "
+                       f"({', '.join(on_disk) or 'none'}) nor a bundled scale "
+                       f"({', '.join(KNOWN_SCALES)})")
     names = [e.name for e in ENTRIES]
     for name in only or []:
         if name not in names:
@@ -70,15 +74,17 @@ def main(
             status = f"FAILED: {r.error}"
         else:
             status = "skipped: no runs"
-        print(f"{r.name:<7} {r.title}: {status}")
+        print(f"{r.name:<9} {r.title}: {status}")
         for line in _missing_lines(r.missing):
-            print("        " + line)
+            print("          " + line)
+        for line in r.notes:
+            print("          note: " + line)
     rendered = [r.name for r in results if r.outputs]
     print(f"{len(rendered)}/{len(results)} entries rendered into {out}")
     if json_path is not None:
         json_path.write_text(json.dumps([{"name": r.name, "outputs": [str(p) for p in r.outputs],
                                           "missing": r.missing, "unavailable": r.unavailable,
-                                          "error": r.error}
+                                          "error": r.error, "notes": r.notes}
                                          for r in results], indent=2))
     if not rendered:
         raise typer.Exit(1)

@@ -1,11 +1,14 @@
-"""Figures 1 and 4: learning curves of the Table 1 CIFAR-10 runs (metrics.jsonl only)."""
+"""Figures 1 and 4: learning curves of the Table 1 CIFAR-10 runs (metrics.jsonl only).
+
+With several seeds of a run the line is the mean over seeds and a band spans their min-max.
+Every point is inside the axes (no zoom that cuts the first epochs) and epoch ticks are whole.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from paper_figs.output import pyplot, save_figure
+from paper_figs.output import epoch_axis, pyplot, save_figure, seed_band
 from paper_figs.runsets import ACT_LABELS, Context
 
 SPEC = "table1-cifar10"
@@ -16,76 +19,88 @@ COLORS = {"relu": "tab:red", "silu": "tab:blue", "lisht": "tab:purple", "gelu": 
 
 
 def _loaded(ctx: Context, entry: str, names: tuple[str, ...]):
-    runs = ctx.runs(SPEC)
+    """``{run name: [seed runs]}`` of the wanted runs that exist; the others noted missing."""
+    groups = {g.name: g for g in ctx.groups(SPEC, entry)}
     out = {}
     for name in names:
-        run = runs.get(name, (None, None))[1]
-        if run is None:
+        group = groups.get(name)
+        if group is None or not group.runs:
             ctx.note_missing(entry, SPEC, name)
         else:
-            out[name] = run
+            out[name] = group.runs
     return out
 
 
-def _zoom_past_first_epochs(ax, curves: list[tuple[list[int], list[float]]]) -> None:
-    """Set the y range from epochs > 3: the first epochs' large losses would squash the rest."""
-    settled = [v for epochs, values in curves
-               for e, v in zip(epochs, values, strict=True) if e > 3 and math.isfinite(v)]
-    if settled:
-        low, high = min(settled), max(settled)
-        pad = 0.05 * (high - low) or 0.05
-        ax.set_ylim(low - pad, high + pad)
+def _seeds_label(runs) -> str:
+    return f"n={len(runs)} seed" + ("s, band min-max" if len(runs) > 1 else "")
+
+
+def build_figure1(ctx: Context):
+    """The Figure 1 matplotlib figure, or None when neither run exists."""
+    runs = _loaded(ctx, "fig1", ("relu", "silu"))
+    if not runs:
+        return None
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, seed_runs in runs.items():
+        seed_band(ax, seed_runs, "test_robust_loss", color=COLORS[name],
+                  label=f"{ACT_LABELS[name]} test ({_seeds_label(seed_runs)})")
+        best = [(r.best_val_row["epoch"], r.best_val_row["test_robust_loss"]) for r in seed_runs
+                if r.best_val_row is not None and "test_robust_loss" in r.best_val_row]
+        if best:
+            ax.scatter([b[0] for b in best], [b[1] for b in best], color=COLORS[name],
+                       marker="o", edgecolor="black", zorder=3,
+                       label=f"{ACT_LABELS[name]} best-val checkpoint")
+    epoch_axis(ax)
+    ax.set_ylabel("robust test loss")
+    ax.set_title(f"Figure 1: robust test loss ({ctx.scale} scale)")
+    ax.legend(fontsize=7)
+    return fig
 
 
 def figure1(ctx: Context) -> list[Path]:
     """Robust test loss against epoch, ReLU vs SiLU; the best-validation epoch is marked."""
-    runs = _loaded(ctx, "fig1", ("relu", "silu"))
-    if not runs:
+    fig = build_figure1(ctx)
+    if fig is None:
         return []
+    return save_figure(fig, ctx.out_dir, "fig1_robust_test_loss",
+                       lambda line: ctx.note("fig1", line))
+
+
+def build_figure4(ctx: Context):
+    """The Figure 4 matplotlib figure, or None when no run exists."""
+    runs = _loaded(ctx, "fig4", FIG4_ORDER)
+    if not runs:
+        return None
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    curves = []
-    for name, run in runs.items():
-        epochs, loss = run.series("test_robust_loss")
-        curves.append((epochs, loss))
-        ax.plot(epochs, loss, color=COLORS[name], label=f"{ACT_LABELS[name]} (test)")
-        best = run.best_val_row
-        if best is not None and "test_robust_loss" in best:
-            ax.scatter([best["epoch"]], [best["test_robust_loss"]], color=COLORS[name],
-                       marker="o", zorder=3, label=f"{ACT_LABELS[name]} best-val checkpoint")
-    _zoom_past_first_epochs(ax, curves)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("robust test loss")
-    ax.set_title(f"Figure 1: robust test loss ({ctx.scale} scale)")
-    ax.legend(fontsize=8)
-    return save_figure(fig, ctx.out_dir, "fig1_robust_test_loss")
+    fig, axes = plt.subplots(2, len(runs), figsize=(3.2 * len(runs), 5.8), squeeze=False,
+                             sharex=True)
+    curves = [("train", "clean", "tab:blue", "--"), ("test", "clean", "tab:blue", "-"),
+              ("train", "robust", "tab:red", "--"), ("test", "robust", "tab:red", "-")]
+    for col, (name, seed_runs) in enumerate(runs.items()):
+        top, bottom = axes[0][col], axes[1][col]
+        for part, kind, color, style in curves:
+            label = f"{'standard' if kind == 'clean' else 'robust'} {part}"
+            seed_band(top, seed_runs, f"{part}_{kind}_acc", lambda a: 100 * (1 - a),
+                      color=color, ls=style, label=label)
+            seed_band(bottom, seed_runs, f"{part}_{kind}_loss", color=color, ls=style,
+                      label=label)
+        top.set_title(f"{ACT_LABELS[name]} ({_seeds_label(seed_runs)})", fontsize=9)
+        epoch_axis(bottom)
+        top.xaxis.set_tick_params(labelbottom=False)
+    axes[0][0].set_ylabel("error (%)")
+    axes[1][0].set_ylabel("loss")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.subplots_adjust(bottom=0.16)  # room for the legend under the panels, off the data
+    fig.suptitle(f"Figure 4: learning curves, CIFAR-10 ({ctx.scale} scale)")
+    return fig
 
 
 def figure4(ctx: Context) -> list[Path]:
     """Grid per activation: top error (%) and bottom loss, standard/robust x train/test."""
-    runs = _loaded(ctx, "fig4", FIG4_ORDER)
-    if not runs:
+    fig = build_figure4(ctx)
+    if fig is None:
         return []
-    plt = pyplot()
-    fig, axes = plt.subplots(2, len(runs), figsize=(3.2 * len(runs), 5.5), squeeze=False,
-                             sharex=True)
-    curves = [("train", "clean", "tab:blue", "--"), ("test", "clean", "tab:blue", "-"),
-              ("train", "robust", "tab:red", "--"), ("test", "robust", "tab:red", "-")]
-    for col, (name, run) in enumerate(runs.items()):
-        top, bottom = axes[0][col], axes[1][col]
-        losses = []
-        for part, kind, color, style in curves:
-            label = f"{'standard' if kind == 'clean' else 'robust'} {part}"
-            epochs, acc = run.series(f"{part}_{kind}_acc")
-            top.plot(epochs, [100 * (1 - a) for a in acc], color=color, ls=style, label=label)
-            epochs, loss = run.series(f"{part}_{kind}_loss")
-            bottom.plot(epochs, loss, color=color, ls=style, label=label)
-            losses.append((epochs, loss))
-        _zoom_past_first_epochs(bottom, losses)
-        top.set_title(ACT_LABELS[name])
-        bottom.set_xlabel("epoch")
-    axes[0][0].set_ylabel("error (%)")
-    axes[1][0].set_ylabel("loss")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"Figure 4: learning curves, CIFAR-10 ({ctx.scale} scale)")
-    return save_figure(fig, ctx.out_dir, "fig4_learning_curves")
+    return save_figure(fig, ctx.out_dir, "fig4_learning_curves",
+                       lambda line: ctx.note("fig4", line))

@@ -21,6 +21,7 @@ from paper_figs.curves import figure1, figure4
 from paper_figs.hessian import figure3
 from paper_figs.runsets import Context
 from paper_figs.shapes import Unavailable, shape_figure
+from paper_figs.synthesis import synthesis
 from paper_figs.tables import render_table
 from paper_figs.width import figure7
 
@@ -49,6 +50,8 @@ ENTRIES: tuple[Entry, ...] = (
           partial(render_table, name="table1")),
     Entry("table2", "PSwish beta", ("table2-pswish",), partial(render_table, name="table2")),
     Entry("table3", "LeakyReLU k", ("table3-leakyrelu",), partial(render_table, name="table3")),
+    Entry("synthesis", "generalization gap and lambda_max vs curvature, all CIFAR-10 runs",
+          ("table1-cifar10", "table2-pswish", "table3-leakyrelu", "curvature-sweep"), synthesis),
 )
 
 
@@ -62,6 +65,7 @@ class EntryResult:
     missing: list[str] = field(default_factory=list)
     unavailable: str = ""
     error: str = ""
+    notes: list[str] = field(default_factory=list)  # stale inputs, missing manifests, checks
 
 
 def render_all(ctx: Context, only: list[str] | None = None) -> list[EntryResult]:
@@ -76,6 +80,7 @@ def render_all(ctx: Context, only: list[str] | None = None) -> list[EntryResult]
             continue
         result = EntryResult(entry.name, entry.title)
         ctx.missing.pop(entry.name, None)  # rendering twice must not list runs twice
+        ctx.notes.pop(entry.name, None)
         try:
             result.outputs = entry.render(ctx)
         except Unavailable as err:
@@ -83,5 +88,6 @@ def render_all(ctx: Context, only: list[str] | None = None) -> list[EntryResult]
         except Exception as err:  # one broken entry must not stop the others; it is reported
             result.error = f"{type(err).__name__}: {err}"
         result.missing = ctx.missing.get(entry.name, [])
+        result.notes = [*ctx.notes.get(entry.name, []), *ctx.notes.get(entry.name + ":scale", [])]
         results.append(result)
     return results

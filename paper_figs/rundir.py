@@ -13,7 +13,10 @@ Files read (all optional except ``metrics.jsonl``):
   run's last (``eval_last``) or best-validation (``eval_best``) epoch was made before the run
   went on; it is not used, and :attr:`RunData.stale_evals` says so.
 * ``hessian_curve.json``: ``curvtools hessian --ckpt RUNDIR --json RUNDIR/hessian_curve.json``
-  over the saved ``epoch_NNNN.pt`` checkpoints; see :func:`hessian_points`.
+  over the saved ``epoch_NNNN.pt`` checkpoints; see :func:`hessian_points`. A curve that ends
+  before the run's last epoch while ``metrics.jsonl`` is newer than it was made before the run
+  went on (e.g. extended with ``--set epochs=6``): it is not used, and
+  :attr:`RunData.stale_hessian` says so.
 
 Example::
 
@@ -30,25 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curvtools.runfiles import read_epochs
+
 
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl, one per epoch (last row wins for a repeated epoch), by epoch."""
-    rows: dict[int, dict[str, Any]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a crash mid-write
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows[row["epoch"]] = row  # a resumed run may repeat an epoch: keep the last
-    return [rows[e] for e in sorted(rows)]
 
 
 def _total_epochs(config: Any) -> int | None:
@@ -72,6 +64,7 @@ class RunData:
     eval_best: dict[str, Any] | None = None
     hessian_curve: Any = None
     stale_evals: list[str] = field(default_factory=list)  # eval files of another epoch, unused
+    stale_hessian: str = ""  # why hessian_curve.json was not used ("" when fresh or absent)
 
     @property
     def epochs_done(self) -> int:
@@ -131,13 +124,16 @@ def load_run(path: str | Path) -> RunData | None:
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
         return None
-    rows = read_metrics(metrics)
+    rows = read_epochs(metrics)
     if not rows:
         return None
     config = _read_json(path / "config.json")
     run = RunData(path=path, rows=rows, config=config if isinstance(config, dict) else {},
                   done=(path / "DONE").exists(),
                   hessian_curve=_read_json(path / "hessian_curve.json"))
+    run.stale_hessian = _stale_curve(path, run)
+    if run.stale_hessian:
+        run.hessian_curve = None
     for name, epoch in (("eval_last", run.epochs_done), ("eval_best", run.best_val_epoch)):
         info = _read_eval(path / f"{name}.json")
         if info is not None and info["epoch"] is not None and info["epoch"] != epoch:
@@ -147,6 +143,24 @@ def load_run(path: str | Path) -> RunData | None:
             info = None
         setattr(run, name, info)
     return run
+
+
+def _stale_curve(path: Path, run: RunData) -> str:
+    """Why ``hessian_curve.json`` predates the run's metrics ("" when it does not)."""
+    curve = path / "hessian_curve.json"
+    pts = _curve_rows(run.hessian_curve)
+    if not pts:
+        return ""
+    last = pts[-1][0]
+    try:
+        newer = (path / "metrics.jsonl").stat().st_mtime > curve.stat().st_mtime
+    except OSError:
+        return ""
+    if last < run.epochs_done and newer:
+        return (f"hessian_curve.json ends at epoch {last} and is older than metrics.jsonl "
+                f"(now at epoch {run.epochs_done}): not used; rerun `curvtools hessian --ckpt "
+                f"{path} --json {curve}`")
+    return ""
 
 
 _ROBUST_KEYS = ("test_robust_acc", "robust_acc", "adv_acc", "robust_accuracy")
@@ -173,12 +187,30 @@ def _read_eval(path: Path) -> dict[str, Any] | None:
         return None
     epoch = data.get("epoch")
     return {"robust_acc": robust, "clean_acc": clean, "attack": describe_attack(data),
-            "file": path.name,
+            "detail": describe_eval(data), "file": path.name,
             "epoch": epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None}
+
+
+def describe_eval(data: dict[str, Any]) -> str:
+    """Attack, steps x restarts, threat model, number of images and attack seed of a
+    ``harness eval --json`` file, e.g. ``PGD-20x5, linf eps 8/255 step 2/255, 10000 test images,
+    attack seed 0`` (parts the file does not record are named unknown)."""
+    parts = [describe_attack(data)]
+    eps, alpha = data.get("eps_255"), data.get("alpha_255")
+    if isinstance(eps, int | float):
+        step = f" step {alpha:g}/255" if isinstance(alpha, int | float) else ""
+        parts.append(f"{data.get('norm', 'linf')} eps {eps:g}/255{step}")
+    n = data.get("n")
+    parts.append(f"{n} test images" if isinstance(n, int) else "number of images not recorded")
+    if isinstance(data.get("seed"), int):
+        parts.append(f"attack seed {data['seed']}")
+    return ", ".join(parts)
 
 
 def describe_attack(data: dict[str, Any]) -> str:
     """A short attack label such as ``PGD-20x5`` from an eval JSON (best effort)."""
+    if isinstance(data.get("attack"), str) and data["attack"].lower() != "pgd":
+        return data["attack"]
     for scope in (data, data.get("attack"), data.get("config")):
         if isinstance(scope, dict):
             steps = scope.get("steps", scope.get("eval_steps"))

@@ -12,8 +12,8 @@ import pytest
 
 from curvtools.errors import BadInput
 from harness import executors as ex
+from harness.specs import parse_spec
 from harness.sweep import LocalExecutor, plan_sweep
-from paper_figs.specs import parse_spec
 
 TINY = {"dataset": "digits", "arch": "preactresnet18", "width": 0.0625, "epochs": 1,
         "batch_size": 20, "train_subset": 40, "val_subset": 10, "test_subset": 10,

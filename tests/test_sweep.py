@@ -10,8 +10,8 @@ import pytest
 from curvtools.errors import BadInput
 from harness import sweep as sweep_mod
 from harness.config import TrainConfig
+from harness.specs import REPO_ROOT, bundled_spec_names, load_spec, parse_spec, run_dir
 from harness.sweep import LocalExecutor, parse_settings, plan_sweep
-from paper_figs.specs import REPO_ROOT, bundled_spec_names, load_spec, parse_spec, run_dir
 
 SPEC = {
     "name": "toy",
@@ -268,3 +268,104 @@ def test_cli_diverged_run_is_one_line_and_exit_3(toy, tmp_path, capsys, monkeypa
         sweep_cli(["sweep", str(spec_file), "--runs-dir", str(runs), "--only", "new"])
     assert err.value.code == 3
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_seeds_plan_each_run_per_seed_and_seed_0_keeps_the_old_folder(toy):
+    spec, runs = toy
+    plan = plan_sweep(spec, runs, only=["done", "new"], seeds=[0, 2],
+                      config_builder=fake_config)
+    assert [(p.name, p.seed, p.config["seed"], p.status) for p in plan] == [
+        ("done", 0, 0, "finished"), ("done-seed2", 2, 2, "start"),
+        ("new", 0, 0, "start"), ("new-seed2", 2, 2, "start")]
+    assert plan[1].out_dir == runs / "paper" / "toy" / "done-seed2"
+    with pytest.raises(BadInput, match="use --seeds"):
+        plan_sweep(spec, runs, settings={"seed": 3}, config_builder=fake_config)
+
+
+def test_spec_and_scale_seeds_fields_choose_the_default_seeds(tmp_path):
+    raw = {**SPEC, "seeds": [0, 1],
+           "scales": {"mini": {"defaults": {"epochs": 2}, "seeds": [0, 1, 2]}}}
+    spec = parse_spec(raw, "toy.json")
+    assert spec.seeds_for("paper") == (0, 1) and spec.seeds_for("mini") == (0, 1, 2)
+    assert len(plan_sweep(spec, tmp_path, scale="mini", config_builder=fake_config)) == 15
+    for bad in ([], [1, 1], [-1], "x", [True]):
+        with pytest.raises(BadInput, match="seeds"):
+            parse_spec({**SPEC, "seeds": bad}, "toy.json")
+
+
+def test_cli_seeds_option_and_manifest_lists_runs_seeds_and_overrides(toy, tmp_path,
+                                                                      monkeypatch):
+    spec, runs = toy
+    spec_file = tmp_path / "toy.json"
+    spec_file.write_text(json.dumps(SPEC))
+    calls = []
+    monkeypatch.setattr(sweep_mod, "default_runner",
+                        lambda cfg, out_dir, **kw: calls.append((cfg.seed, Path(out_dir).name)))
+    sweep_cli(["sweep", str(spec_file), "--runs-dir", str(runs), "--only", "new", "--seeds",
+               "0,1", "--set", "device=cpu", "--no-progress"])
+    assert calls == [(0, "new"), (1, "new-seed1")]
+    manifest = json.loads((runs / "paper" / "toy" / "spec.json").read_text())
+    assert manifest["spec"] == "toy" and manifest["scale"] == "paper"
+    assert manifest["seeds"] == [0, 1] and manifest["overrides"] == {"device": "cpu"}
+    assert [r["name"] for r in manifest["runs"]] == ["done", "alldone", "half", "crashed", "new"]
+    assert manifest["runs"][4]["paper"]["act"] == "lisht"
+    assert manifest["runs"][4]["folders"] == {"0": "new", "1": "new-seed1"}
+    assert manifest["runs"][4]["scale_settings"]["epochs"] == 4
+    with pytest.raises(SystemExit) as err:
+        sweep_cli(["sweep", str(spec_file), "--runs-dir", str(runs), "--seeds", "0,x"])
+    assert err.value.code == 2
+
+
+def test_manifest_is_written_when_every_run_is_finished_but_not_on_dry_run(toy, tmp_path):
+    spec, runs = toy
+    spec_file = tmp_path / "toy.json"
+    spec_file.write_text(json.dumps(SPEC))
+    sweep_cli(["sweep", str(spec_file), "--runs-dir", str(runs), "--only", "done", "--dry-run"])
+    assert not (runs / "paper" / "toy" / "spec.json").exists()
+    sweep_cli(["sweep", str(spec_file), "--runs-dir", str(runs), "--only", "done",
+               "--no-progress"])
+    assert (runs / "paper" / "toy" / "spec.json").is_file()
+
+
+def test_the_sweep_does_not_import_paper_figs():
+    import subprocess
+    import sys
+
+    code = ("import sys, harness.sweep, harness.cli_sweep, harness.executors, harness.specs; "
+            "print(sorted(m for m in sys.modules if m.startswith('paper_figs')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["table1-cifar10", "table2-pswish", "table3-leakyrelu",
+                                  "curvature-sweep"])
+def test_gpu_mini_scale_is_the_papers_model_on_a_subset(name, tmp_path):
+    plan = plan_sweep(name, tmp_path, scale="gpu-mini")
+    for p in plan:
+        c = p.config
+        assert (c.arch, c.width, c.train_steps, c.eps_255, c.alpha_255) == (
+            "preactresnet18", 1.0, 10, 8.0, 2.0)
+        assert (c.train_subset, c.val_subset, c.test_subset, c.epochs) == (2000, 500, 1000, 80)
+        assert list(c.lr_milestones) == [40, 60] and c.eval_steps == 10
+        assert (c.hessian_every, c.hessian_examples, c.save_every, c.precision) == (
+            10, 32, 20, "auto")
+        assert c.dataset.startswith("imagefolder:") and c.dataset.endswith("cifar10-jpg")
+
+
+def test_curvature_sweep_spans_pswish_beta_and_leakyrelu_k():
+    spec = load_spec("curvature-sweep")
+    cfgs = [c for _, c in spec.run_configs("paper")]
+    assert [c["beta"] for c in cfgs if c["act"] == "pswish"] == [0.25, 0.5, 1, 2, 4, 10, 20, 40]
+    assert [c["k"] for c in cfgs if c["act"] == "leakyrelu"] == [0.8, 0.5, 0.3, 0, -0.2, -0.5]
+    assert all(c["epochs"] == 200 and c["train_steps"] == 10 for c in cfgs)
+
+
+@pytest.mark.parametrize("name", bundled_spec_names())
+def test_every_bundled_spec_dry_runs_at_every_scale(name, tmp_path, capsys):
+    for scale in load_spec(name).scale_names():
+        sweep_cli(["sweep", name, "--scale", scale, "--runs-dir", str(tmp_path / "runs"),
+                   "--dry-run", "--seeds", "0,1"])
+        out = capsys.readouterr().out
+        assert f"scale {scale}, seeds 0,1" in out and " start " in out
+    assert not (tmp_path / "runs").exists()

@@ -3,7 +3,8 @@
 Training, evaluation (per epoch and ``harness eval``), the distributed path, ``curvtools lemma``
 and the benches get their attacks here; nothing else switches on attack names.
 
-* ``pgd``: our PGD (:mod:`harness.attacks.pgd_attack`), the paper's attack, for training and reporting;
+* ``pgd``: our PGD (:mod:`harness.attacks.pgd_attack`), the paper's attack, for training and
+  reporting;
 * ``torchattacks:NAME[:key=value,...]``: any torchattacks attack through one adapter
   (:mod:`harness.attacks.torchattacks_adapter`), e.g. ``torchattacks:APGD:loss=dlr``;
 * named shortcuts for the usual evaluation attacks: ``fgsm``, ``apgd-ce``, ``apgd-dlr``, ``fab``,

@@ -1,35 +1,43 @@
 """Experiment specs: which training runs each table and figure of the paper needs.
 
-A spec is a JSON file (bundled ones live in ``paper_figs/specs/``)::
+A spec is a JSON file (bundled ones live in ``harness/specs/``, package data)::
 
     {"name": "table1-cifar10",
      "description": "...",
      "defaults": {<TrainConfig fields shared by every run>},
      "runs": [{"name": "relu", "overrides": {"act": "relu"}}, ...],
      "resources": {"gpus": 1, "hours": 0.5},            # per run, for a scheduler
+     "seeds": [0],                                      # optional: training seeds per run
      "scales": {"mini": {"description": "...",
                          "defaults": {<overrides applied on top of defaults>},
                          "run_overrides": {"relu": {...}},   # optional, per run
                          "only": ["relu", ...],              # optional subset of runs
+                         "seeds": [0, 1, 2],                 # optional, replaces the spec's
                          "resources": {...}}}}
 
 A run's config is ``defaults | scale.defaults | run.overrides | scale.run_overrides[run]``
 (later wins). The scale ``"paper"`` is the spec as written (no scale section needed).
 
-Run directories are laid out as ``RUNS_DIR/SCALE/SPEC/RUN`` (see :func:`run_dir`), so runs of
-different scales never mix. This module reads JSON only (no torch, no harness): both
-``harness sweep`` and ``python -m paper_figs`` use it.
+Run directories are laid out as ``RUNS_DIR/SCALE/SPEC/RUN`` for seed 0 and
+``RUNS_DIR/SCALE/SPEC/RUN-seedN`` for another seed N (see :func:`run_dir`), so runs of different
+scales never mix and the seed-0 runs made before seeds existed still count. This module reads
+JSON only (no torch). The sweep owns the specs; ``python -m paper_figs`` never imports them: it
+reads the manifest ``RUNS_DIR/SCALE/SPEC/spec.json`` the sweep writes (:func:`manifest`).
 
 Example::
 
     >>> spec = load_spec("table1-cifar10")
     >>> [name for name, _ in spec.run_configs("paper")][:2]
     ['relu', 'lisht']
+    >>> run_dir("runs", "mini", spec.name, "relu", seed=2)
+    PosixPath('runs/mini/table1-cifar10/relu-seed2')
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -41,7 +49,11 @@ PAPER_SCALE = "paper"
 
 # Bundled specs write relative ``imagefolder:`` paths (the CIFAR-10 JPEG copy beside the
 # checkout); they are relative to the repository root, not to the caller's working directory.
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MANIFEST = "spec.json"  # RUNS_DIR/SCALE/SPEC/spec.json, written by the sweep, read by paper_figs
+MANIFEST_FORMAT = "lowcurv-sweep-manifest/1"
+# The settings that name a run in a figure or table (its paper-scale identity).
+LABEL_KEYS = ("dataset", "arch", "width", "act", "k", "beta", "alpha", "epochs")
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class Scale:
     run_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     only: tuple[str, ...] | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,7 @@ class Spec:
     resources: dict[str, Any]
     scales: dict[str, Scale]
     source: str = ""
+    seeds: tuple[int, ...] | None = None
 
     def scale_names(self) -> list[str]:
         """The scales this spec offers; ``paper`` always comes first."""
@@ -99,24 +113,31 @@ class Spec:
             out.append((name, resolve_relative_data(cfg)))
         return out
 
+    def seeds_for(self, scale: str = PAPER_SCALE) -> tuple[int, ...]:
+        """Training seeds of every run at this scale: the scale's, else the spec's, else (0,)."""
+        return self.scale(scale).seeds or self.seeds or (0,)
+
     def resources_for(self, scale: str = PAPER_SCALE) -> dict[str, Any]:
         """Per-run resources at this scale (scale entries override the spec's)."""
         return {**self.resources, **self.scale(scale).resources}
 
 
 def resolve_relative_data(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Make a relative ``imagefolder:PATH`` dataset absolute, relative to the repository root."""
+    """Make a relative dataset path (``imagefolder:PATH``) absolute, relative to the repository
+    root: the bundled specs name the CIFAR-10 JPEG copy beside the checkout, wherever the sweep
+    is started. (On the command line, ``--dataset``/``--data`` paths are relative to the working
+    directory, as usual for a path typed there.)"""
+    from harness.datasets import absolute_spec
+
     dataset = cfg.get("dataset")
-    if isinstance(dataset, str) and dataset.startswith("imagefolder:"):
-        path = Path(dataset.split(":", 1)[1])
-        if not path.is_absolute():
-            cfg = {**cfg, "dataset": f"imagefolder:{(REPO_ROOT / path).resolve()}"}
+    if isinstance(dataset, str):
+        cfg = {**cfg, "dataset": absolute_spec(dataset, REPO_ROOT)}
     return cfg
 
 
 def bundled_spec_names() -> list[str]:
-    """Names of the specs shipped in ``paper_figs/specs/`` (file stems), sorted."""
-    folder = resources.files("paper_figs") / "specs"
+    """Names of the specs shipped in ``harness/specs/`` (file stems), sorted."""
+    folder = resources.files("harness.specs")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
@@ -136,12 +157,11 @@ def load_spec(name_or_path: str | Path) -> Spec:
             raise BadInput(f"spec file {text!r} is not UTF-8 text (byte {err.start}); "
                            f"allowed: a UTF-8 JSON file") from None
     else:
-        folder = resources.files("paper_figs") / "specs"
-        entry = folder / f"{text}.json"
+        entry = resources.files("harness.specs") / f"{text}.json"
         if not entry.is_file():
             raise BadInput(f"unknown spec {text!r}; bundled: {', '.join(bundled_spec_names())} "
                            "(or give a path to a .json file)")
-        raw, source = entry.read_text(), f"paper_figs/specs/{text}.json"
+        raw, source = entry.read_text(), f"harness/specs/{text}.json"
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as err:
@@ -167,10 +187,11 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     """Validate the structure of a spec dict (not the TrainConfig fields) and build a Spec."""
     if not isinstance(data, dict):
         raise BadInput(f"spec {source}: must be a JSON object")
-    unknown = set(data) - {"name", "description", "defaults", "runs", "resources", "scales"}
+    unknown = set(data) - {"name", "description", "defaults", "runs", "resources", "scales",
+                           "seeds"}
     if unknown:
         raise BadInput(f"spec {source}: unknown keys {sorted(unknown)}; allowed: name, "
-                       "description, defaults, runs, resources, scales")
+                       "description, defaults, runs, resources, seeds, scales")
     name = data.get("name")
     if not _is_folder_name(name):
         raise BadInput(f"spec {source}: 'name' {name!r} must be a folder name: non-empty, not "
@@ -192,7 +213,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     return Spec(name=name, description=str(data.get("description", "")),
                 defaults=_mapping(data.get("defaults"), f"{source} defaults"), runs=tuple(runs),
                 resources=_mapping(data.get("resources"), f"{source} resources"), scales=scales,
-                source=source)
+                source=source, seeds=parse_seeds(data.get("seeds"), f"spec {source}: 'seeds'"))
 
 
 def _parse_scale(name: str, raw: Any, run_names: set[str], source: str) -> Scale:
@@ -200,7 +221,8 @@ def _parse_scale(name: str, raw: Any, run_names: set[str], source: str) -> Scale
     if name == PAPER_SCALE:
         raise BadInput(f"{where}: 'paper' is the spec as written and cannot be redefined")
     raw = _mapping(raw, where)
-    unknown = set(raw) - {"description", "defaults", "run_overrides", "only", "resources"}
+    unknown = set(raw) - {"description", "defaults", "run_overrides", "only", "resources",
+                          "seeds"}
     if unknown:
         raise BadInput(f"{where}: unknown keys {sorted(unknown)}")
     run_overrides = {k: _mapping(v, f"{where} run_overrides[{k}]")
@@ -214,9 +236,80 @@ def _parse_scale(name: str, raw: Any, run_names: set[str], source: str) -> Scale
         if run not in run_names:
             raise BadInput(f"{where}: names unknown run {run!r}")
     return Scale(name, str(raw.get("description", "")), _mapping(raw.get("defaults"), where),
-                 run_overrides, only, _mapping(raw.get("resources"), where))
+                 run_overrides, only, _mapping(raw.get("resources"), where),
+                 parse_seeds(raw.get("seeds"), f"{where}: 'seeds'"))
 
 
-def run_dir(runs_dir: str | Path, scale: str, spec_name: str, run_name: str) -> Path:
-    """Where a run of a spec lives: ``RUNS_DIR/SCALE/SPEC/RUN``."""
-    return Path(runs_dir) / scale / spec_name / run_name
+def parse_seeds(value: Any, where: str = "--seeds") -> tuple[int, ...] | None:
+    """Seeds from a JSON list or a ``"0,1,2"`` string: distinct integers >= 0 (None: absent)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise BadInput(f"{where} {value!r}: expected integers separated by commas, "
+                           "e.g. 0,1,2") from None
+    if (not isinstance(value, list | tuple) or not value
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+            or len(set(value)) != len(value)):
+        raise BadInput(f"{where} {value!r}: expected a non-empty list of distinct integers "
+                       ">= 0, e.g. 0,1,2")
+    return tuple(value)
+
+
+def run_folder_name(run_name: str, seed: int = 0) -> str:
+    """``RUN`` for seed 0 (the layout from before seeds existed), ``RUN-seedN`` otherwise."""
+    return run_name if seed == 0 else f"{run_name}-seed{seed}"
+
+
+def run_dir(runs_dir: str | Path, scale: str, spec_name: str, run_name: str,
+            seed: int = 0) -> Path:
+    """Where a run of a spec lives: ``RUNS_DIR/SCALE/SPEC/RUN`` (``RUN-seedN`` for seed N)."""
+    return Path(runs_dir) / scale / spec_name / run_folder_name(run_name, seed)
+
+
+def manifest(spec: Spec, scale: str, seeds: Sequence[int],
+             overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest the sweep writes to ``RUNS_DIR/SCALE/SPEC/spec.json`` for paper_figs.
+
+    It names the spec, scale, seeds and the runs in spec order, each with its folder per seed,
+    its paper-scale settings (``paper``: act, k, beta, width, ... -- the labels of a table row)
+    and its settings at this scale before ``--set`` (``scale_settings``), plus the ``--set``
+    overrides of the sweep that wrote it. paper_figs compares each run's config.json with
+    ``scale_settings`` to say when a table's runs were changed from the scale.
+    """
+    paper = dict(spec.run_configs(PAPER_SCALE))
+    runs = []
+    for name, cfg in spec.run_configs(scale):
+        runs.append({"name": name,
+                     "folders": {str(s): run_folder_name(name, s) for s in seeds},
+                     "paper": {k: paper[name].get(k) for k in LABEL_KEYS if k in paper[name]},
+                     "scale_settings": cfg})
+    sc = spec.scale(scale)
+    return {"format": MANIFEST_FORMAT, "spec": spec.name, "description": spec.description,
+            "scale": scale, "scale_description": sc.description, "seeds": list(seeds),
+            "overrides": dict(overrides or {}), "runs": runs}
+
+
+def write_manifest(spec: Spec, runs_dir: str | Path, scale: str, seeds: Sequence[int],
+                   overrides: Mapping[str, Any] | None = None) -> Path:
+    """Write :func:`manifest` to ``RUNS_DIR/SCALE/SPEC/spec.json`` (atomically); its path.
+
+    Seeds recorded by an earlier sweep of the same spec and scale are kept (a sweep with
+    ``--seeds 1,2`` after one with seed 0 lists all three).
+    """
+    folder = Path(runs_dir) / scale / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MANIFEST
+    earlier: list[int] = []
+    try:
+        old = json.loads(path.read_text())
+        earlier = [s for s in old.get("seeds", []) if isinstance(s, int)]
+    except (OSError, ValueError, AttributeError):
+        pass
+    all_seeds = sorted(set(earlier) | set(seeds))
+    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")  # sweeps side by side: one each
+    tmp.write_text(json.dumps(manifest(spec, scale, all_seeds, overrides), indent=2) + "\n")
+    tmp.replace(path)
+    return path
