@@ -116,7 +116,8 @@ def train_command(
     lr: Annotated[float, typer.Option(help="Initial learning rate.")] = 0.1,
     lr_milestones: Annotated[str, typer.Option(help="Epochs where lr is multiplied by "
                                                     "--lr-gamma, comma-separated, or 'auto' "
-                                                    "(50% and 75% of --epochs).")] = "100,150",
+                                                    "(default: 50% and 75% of --epochs, "
+                                                    "the paper's 100,150 of 200).")] = "auto",
     lr_gamma: Annotated[float, typer.Option(help="LR factor at each milestone.")] = 0.1,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
     weight_decay: Annotated[float, typer.Option(help="Weight decay on all parameters.")] = 5e-4,
@@ -195,7 +196,7 @@ def train_command(
     if not context_from_env().is_main:  # torchrun: rank 0 reports
         return
     best = max(rows, key=lambda r: r["val_robust_acc"]) if rows else None
-    print(f"done: {out} ({len(rows)} epochs; best val robust "
+    print(f"done: {out} ({len(rows)} epoch{'' if len(rows) == 1 else 's'}; best val robust "
           f"{100 * best['val_robust_acc']:.2f}% at epoch {best['epoch']})" if best else
           f"done: {out}")
     _write_json(json_path, {"run_dir": str(out), "last": rows[-1] if rows else None,
@@ -267,9 +268,7 @@ class _EvalBar:
         return False
 
     def start(self, total: int, attack: Any, images: int) -> None:
-        self.what = f"{attack.name}: {attack.threat.describe()}"
-        if attack.name != "pgd":  # its threat fields it does not use are not in the line
-            self.what = f"{attack.name}: {attack.threat.norm} eps {attack.threat.eps * 255:g}/255"
+        self.what = attack.describe()
         if self.requested is not None and self.requested > images:
             print(f"note: --n {self.requested} asks for more test images than the set has; "
                   f"evaluating all {images}", file=sys.stderr)

@@ -71,7 +71,7 @@ class TrainConfig:
     batch_size: int = 128
     eval_batch_size: int = 512
     lr: float = 0.1
-    lr_milestones: list[float] | None = field(default_factory=lambda: [100.0, 150.0])
+    lr_milestones: list[float] | None = None  # auto: 50% and 75% (the paper: 100, 150 of 200)
     lr_gamma: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4

@@ -49,6 +49,7 @@ import torch.nn as nn
 
 from curvtools.activations import from_config, resolve
 from curvtools.errors import BadInput
+from curvtools.plugins import ARCHITECTURE_GROUP, from_entry_points, is_reference, load_reference
 from harness.nets import ActFactory, Normalized, PreActResNet, ResNet, WideResNet
 
 CONFIG_KEYS = ("arch", "act", "num_classes", "in_channels", "width", "mean", "std")
@@ -91,7 +92,12 @@ def arch_help() -> str:
 
 def resolve_arch(arch: str) -> tuple[ArchSpec, dict[str, int]]:
     """``"wrn-28-10"`` -> (the ``wrn`` spec, ``{"depth": 28, "widen": 10}``);
-    ``"preactresnet18"`` -> (its spec, ``{}``). Raises BadInput for anything else."""
+    ``"preactresnet18"`` -> (its spec, ``{}``). A user's architecture: ``"mypkg.nets:TINY"``
+    (an :class:`ArchSpec` in an importable module) or a name an installed package declares in
+    the ``lowcurv.architectures`` entry-point group (:mod:`curvtools.plugins`). Raises BadInput
+    for anything else."""
+    if is_reference(arch):
+        return load_reference(arch, ArchSpec, "architecture"), {}
     key = str(arch).strip().lower()
     for spec in REGISTRY.values():
         if spec.pattern is None:
@@ -105,7 +111,11 @@ def resolve_arch(arch: str) -> tuple[ArchSpec, dict[str, int]]:
             if problem:
                 raise BadInput(f"arch {arch!r}: {problem}")
             return spec, params
-    raise BadInput(f"unknown arch {arch!r}; allowed: {arch_help()}")
+    plugin = from_entry_points(ARCHITECTURE_GROUP, key, ArchSpec, "architecture")
+    if plugin is not None:
+        return plugin, {}
+    raise BadInput(f"unknown arch {arch!r}; allowed: {arch_help()}, or a plugin "
+                   f"(module:ATTRIBUTE naming an ArchSpec)")
 
 
 def check_arch(arch: str) -> None:

@@ -168,35 +168,49 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progr
                          len(data.val) if hasattr(data.val, "__len__") else 0,
                          len(data.test) if hasattr(data.test, "__len__") else 0)
     with reporter:
+        reporter.start_line(out_dir, record["resolved"], resumed=ckpt is not None)
         if switched:
             reporter.line(f"note: epochs 1-{start_epoch} ran in {precision_before}; resumed in "
                           f"{precision} (--precision {cfg.precision} on {device})")
-        for epoch in range(start_epoch, cfg.epochs):
-            row = run_epoch(engine, data, epoch, reporter)
-            if not all(math.isfinite(row[k]) for k in ("train_robust_loss", "train_clean_loss")):
-                kept = (f"best.pt and last.pt keep epoch {epoch} or earlier" if epoch
-                        else "no checkpoint was written")
-                message = (f"training diverged: non-finite training loss in epoch {epoch + 1} "
-                           f"(lr {row['lr']:g}); {kept}")
-                reporter.line(message)
-                raise TrainingDiverged(message)
-            # The row goes first: a crash before last.pt is written leaves a row past the
-            # checkpoint, which resuming truncates and recomputes (never a lost epoch).
-            append_row(metrics_path, row)
-            rows.append(row)
-            payload = checkpoint_payload(engine, model_config, epoch + 1, row,
-                                          max(best, row["val_robust_acc"]), precision_changes,
-                                          int(data.source_info["image_size"]))
-            if row["val_robust_acc"] > best:
-                best = row["val_robust_acc"]
-                save(out_dir / "best.pt", payload)
-            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                save(out_dir / f"epoch_{epoch + 1:04d}.pt", payload)
-            save(out_dir / "last.pt", payload)
-            reporter.epoch_line(row)
+        try:
+            rows = _epochs(engine, data, cfg, out_dir, start_epoch, best, rows, reporter,
+                           model_config, precision_changes, metrics_path, save, append_row)
+        except KeyboardInterrupt:
+            reporter.interrupted(out_dir)
+            raise
     write_text(out_dir / "DONE", json.dumps({"epochs": cfg.epochs,
                                              "finished": time.time()}) + "\n")
     barrier(dist)  # ranks finish together, after rank 0 has written DONE
+    return rows
+
+
+def _epochs(engine, data, cfg: TrainConfig, out_dir: Path, start_epoch: int, best: float,
+            rows: list[dict], reporter: Reporter, model_config: dict, precision_changes: list,
+            metrics_path: Path, save, append_row) -> list[dict]:
+    """Epochs ``start_epoch + 1 .. cfg.epochs``: train, evaluate, append the row, checkpoint."""
+    for epoch in range(start_epoch, cfg.epochs):
+        row = run_epoch(engine, data, epoch, reporter)
+        if not all(math.isfinite(row[k]) for k in ("train_robust_loss", "train_clean_loss")):
+            kept = (f"best.pt and last.pt keep epoch {epoch} or earlier" if epoch
+                    else "no checkpoint was written")
+            message = (f"training diverged: non-finite training loss in epoch {epoch + 1} "
+                       f"(lr {row['lr']:g}); {kept}")
+            reporter.line(message)
+            raise TrainingDiverged(message)
+        # The row goes first: a crash before last.pt is written leaves a row past the
+        # checkpoint, which resuming truncates and recomputes (never a lost epoch).
+        append_row(metrics_path, row)
+        rows.append(row)
+        payload = checkpoint_payload(engine, model_config, epoch + 1, row,
+                                      max(best, row["val_robust_acc"]), precision_changes,
+                                      int(data.source_info["image_size"]))
+        if row["val_robust_acc"] > best:
+            best = row["val_robust_acc"]
+            save(out_dir / "best.pt", payload)
+        if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+            save(out_dir / f"epoch_{epoch + 1:04d}.pt", payload)
+        save(out_dir / "last.pt", payload)
+        reporter.epoch_line(row)
     return rows
 
 

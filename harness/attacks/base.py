@@ -43,5 +43,10 @@ class Attack:
         ``||delta|| <= threat.eps``; ``model`` maps [0, 1] images [B, C, H, W] to logits."""
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """``name: threat`` with the threat-model fields this attack uses, e.g. ``pgd: linf eps
+        8/255, step 2/255, 20 steps x 5 restarts`` or ``fgsm: linf eps 8/255``."""
+        return f"{self.name}: {self.threat.describe(self.honours)}"
+
     def __repr__(self) -> str:
         return f"{self.name}({self.threat.describe()})"

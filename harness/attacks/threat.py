@@ -78,13 +78,23 @@ class ThreatModel:
         """A copy with some fields changed (checked again)."""
         return dataclasses.replace(self, **changes)
 
-    def describe(self) -> str:
+    def describe(self, fields: frozenset[str] | set[str] | None = None) -> str:
         """One line for logs and tables, e.g. ``linf eps 8/255, step 2/255, 20 steps x 5
-        restarts``."""
+        restarts``; ``fields``: only these (what an attack uses), default all."""
         def units(v: float) -> str:
             return f"{v * 255:g}/255"
 
-        restarts = "1 restart" if self.restarts == 1 else f"{self.restarts} restarts"
-        steps = "1 step" if self.steps == 1 else f"{self.steps} steps"
-        return (f"{self.norm} eps {units(self.eps)}, step {units(self.step)}, {steps} x "
-                f"{restarts}")
+        def shown(name: str) -> bool:
+            return fields is None or name in fields
+
+        parts = [f"{self.norm} eps {units(self.eps)}"]
+        if shown("step"):
+            parts.append(f"step {units(self.step)}")
+        counts = []
+        if shown("steps"):
+            counts.append("1 step" if self.steps == 1 else f"{self.steps} steps")
+        if shown("restarts"):
+            counts.append("1 restart" if self.restarts == 1 else f"{self.restarts} restarts")
+        if counts:
+            parts.append(" x ".join(counts))
+        return ", ".join(parts)
