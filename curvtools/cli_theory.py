@@ -5,17 +5,15 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import typer
 
+from curvtools.checks import require_int_in, require_unit_open
 from curvtools.clirun import check_output_path, require_expr
 from curvtools.errors import BadInput, check_seed
+from curvtools.fileio import json_safe, write_json_atomic
 
 ACT_HELP = ("activation name (`curvtools curvature --act all` lists the built-in ones; expr "
             "needs --expr), or 'all' for every built-in one")
@@ -31,15 +29,6 @@ def _resolve_all(act: str, k: float | None, beta: float | None, alpha: float | N
             raise BadInput("--act all uses default parameters; drop --k/--beta/--alpha/--expr")
         return [resolve(name) for name in builtin_names()]
     return [resolve(act, k=k, beta=beta, alpha=alpha, expr=expr)]
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def _fmt(v: float) -> str:
@@ -90,11 +79,12 @@ def curvature_command(
 ) -> None:
     """f, f', f'' and the certified global max/min of f'' (the paper's curvature)."""
     acts = _resolve_all(act, k, beta, alpha, expr)
-    check_output_path("--json", json_path, suffixes=(".json",))
+    # run_files=(): which names make up a harness run is harness's knowledge, not the theory's;
+    # *.pt names stay refused
+    check_output_path("--json", json_path, suffixes=(".json",), run_files=())
     # curvtools.figures draws Figure 2 as .png or .pdf only
-    check_output_path("--plot", plot, suffixes=(".png", ".pdf"))
-    if not (0 < tol < 1):
-        raise BadInput(f"--tol {tol} must be in (0, 1)")
+    check_output_path("--plot", plot, suffixes=(".png", ".pdf"), run_files=())
+    require_unit_open("--tol", tol)
     from curvtools.symbolic import curvature
 
     results = [curvature(a, tol=tol) for a in acts]
@@ -105,7 +95,7 @@ def curvature_command(
         for rank, c in enumerate(sorted(results, key=lambda r: -r.curvature), start=1):
             print(f"  {rank:2d}. {c.label:18s} {_fmt(c.curvature):>14s}  {c.kind}")
     if json_path is not None:
-        write_json_atomic(json_path, {"activations": [c.to_json() for c in results]})
+        write_json_atomic(json_path, json_safe({"activations": [c.to_json() for c in results]}))
         print(f"wrote {json_path}")
     if plot is not None:
         from curvtools.figures import plot_activation_derivatives
@@ -135,10 +125,9 @@ def twolayer_command(
     (activation,) = _resolve_all(act, k, beta, alpha, expr)
     for name, value, lo, hi in (("--dim", dim, 1, 2000), ("--hidden", hidden, 1, 20000),
                                 ("--n", n, 1, 100000), ("--slsqp-starts", slsqp_starts, 1, 1000)):
-        if not lo <= value <= hi:
-            raise BadInput(f"{name} {value} must be an integer in [{lo}, {hi}]")
+        require_int_in(name, value, lo, hi)
     check_seed("--seed", seed)
-    check_output_path("--json", json_path, suffixes=(".json",))
+    check_output_path("--json", json_path, suffixes=(".json",), run_files=())
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -170,11 +159,10 @@ def twolayer_command(
     if not activation.smooth:
         print("note: the activation is not twice differentiable; Eq. 2 uses f'' away from kinks")
     if json_path is not None:
-        write_json_atomic(json_path, {"activation": activation.config(), "dim": dim,
-                                      "hidden": hidden, "seed": seed,
-                                      "eq2_max_abs_err": eq2, "grad_max_abs_err": grad,
-                                      "all_inside_bounds": inside_all,
-                                      "instances": [r.to_json() for r in rows]})
+        write_json_atomic(json_path, json_safe({
+            "activation": activation.config(), "dim": dim, "hidden": hidden, "seed": seed,
+            "eq2_max_abs_err": eq2, "grad_max_abs_err": grad, "all_inside_bounds": inside_all,
+            "instances": [r.to_json() for r in rows]}))
         print(f"wrote {json_path}")
 
 
