@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from curvtools.activations import REGISTRY, _fmt
+from curvtools.activations import REGISTRY, format_value
 
 
 def activation_parameters() -> dict[str, tuple[type, str]]:
@@ -39,7 +39,7 @@ def activation_parameters() -> dict[str, tuple[type, str]]:
         for p in spec.params:
             if kinds.setdefault(p.name, p.kind) is not p.kind:
                 raise TypeError(f"parameter {p.name!r} has two types in the registry")
-            default = f" (default {_fmt(p.default)})" if p.kind is float else ""
+            default = f" (default {format_value(p.default)})" if p.kind is float else ""
             when = " (--act expr)" if spec.name == "expr" else ""
             helps.setdefault(p.name, []).append(f"{spec.name}: {p.help}{default}{when}")
     return {name: (kinds[name], "; ".join(helps[name])) for name in kinds}

@@ -93,7 +93,7 @@ class Activation:
         """Human-readable name with parameters, e.g. ``pswish(beta=4)``."""
         if not self.params:
             return self.name
-        inner = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items())
+        inner = ", ".join(f"{k}={format_value(v)}" for k, v in self.params.items())
         return f"{self.name}({inner})"
 
     @property
@@ -119,7 +119,8 @@ class Activation:
         return float(self.spec.approx_curvature(**self.params))
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A parameter value as the user would write it: ``4.0 -> "4"``, ``0.3 -> "0.3"``."""
     if isinstance(v, float) and math.isfinite(v) and v == int(v) and abs(v) < 1e15:
         return str(int(v))
     return str(v)
@@ -358,7 +359,7 @@ def resolve(name: str, **given: Any) -> Activation:
                 value = float(int(value))
         problem = p.check(value)
         if problem:
-            raise BadInput(f"{spec.name}: {p.name}={_fmt(value)} {problem} ({p.help})")
+            raise BadInput(f"{spec.name}: {p.name}={format_value(value)} {problem} ({p.help})")
         params[p.name] = value
     return Activation(spec, params)
 

@@ -3,8 +3,8 @@
 Subcommands live in their own modules, each with ``register(app)``:
 ``cli_theory`` (curvature, two-layer Hessian, Lemma 1 on a quadratic model) and
 ``cli_spectra`` (registers ``cli_hessian``: input-Hessian spectra, and ``cli_lemma``: Lemma 1 on
-trained nets). Heavy imports (torch, harness)
-happen inside the commands, so ``curvtools curvature`` starts fast.
+trained nets). Heavy imports (torch, sympy, harness) happen inside the commands, so
+``curvtools curvature`` starts fast; only ``hessian`` and ``lemma`` import harness.
 """
 
 from __future__ import annotations
