@@ -1,23 +1,62 @@
-"""The one definition of "an integer" and "a number" for every settings check of the project.
+"""The project's one set of number checks for user-given values.
 
-JSON and numpy hand us ``True`` (a Python int), ``np.int64`` and ``nan``: a setting that must be
-an integer accepts ints and numpy integers but not booleans; a number must also be finite.
+``is_int`` / ``is_number`` answer the question (bool is never a number here: ``True`` in a JSON
+config or a Python call is a mistake, not 1); the ``require_*`` helpers raise
+:class:`~curvtools.errors.BadInput` with one line naming the option, the value and what is
+allowed. No imports beyond numpy's types (checked by name, so numpy is not loaded here).
+
+Example::
+
+    >>> is_int(3), is_int(True), is_number(float("nan"))
+    (True, False, False)
+    >>> require_positive_int("--n", 0)    # BadInput: --n=0 is not allowed: need an integer >= 1
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
-import numpy as np
+from curvtools.errors import BadInput
 
 
 def is_int(v: Any) -> bool:
-    """An int or numpy integer, not a bool: ``is_int(3)``, not ``is_int(True)``."""
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
+    """An int or a numpy integer, not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and not _is_numpy_bool(v)
 
 
 def is_number(v: Any) -> bool:
     """A finite real number (int, float, numpy scalar), not a bool."""
-    return (isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
-            and math.isfinite(float(v)))
+    if isinstance(v, bool) or _is_numpy_bool(v) or not isinstance(v, numbers.Real):
+        return False
+    return math.isfinite(float(v))
+
+
+def _is_numpy_bool(v: Any) -> bool:
+    return type(v).__name__ == "bool_" and type(v).__module__ == "numpy"
+
+
+def require_positive_int(option: str, value: Any) -> None:
+    """``value`` is an integer >= 1."""
+    if not is_int(value) or value < 1:
+        raise BadInput(f"{option}={value} is not allowed: need an integer >= 1")
+
+
+def require_int_in(option: str, value: Any, lo: int, hi: int) -> None:
+    """``value`` is an integer in ``[lo, hi]``."""
+    if not is_int(value) or not lo <= value <= hi:
+        raise BadInput(f"{option} {value} must be an integer in [{lo}, {hi}]")
+
+
+def require_positive_finite(option: str, value: Any) -> None:
+    """``value`` is a finite number > 0."""
+    if not is_number(value) or not value > 0:
+        raise BadInput(f"{option} {value} is not allowed: need a finite number > 0")
+
+
+def require_unit_open(option: str, value: Any) -> None:
+    """``value`` is a number in the open interval (0, 1), e.g. a relative tolerance (tol >= 1
+    or inf would report convergence falsely)."""
+    if not is_number(value) or not 0 < value < 1:
+        raise BadInput(f"{option} {value} is not allowed: need a number in (0, 1)")

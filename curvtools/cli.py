@@ -2,8 +2,9 @@
 
 Subcommands live in their own modules, each with ``register(app)``:
 ``cli_theory`` (curvature, two-layer Hessian, Lemma 1 on a quadratic model) and
-``cli_spectra`` (input-Hessian spectra and Lemma 1 on trained nets). Heavy imports (torch)
-happen inside the commands, so ``curvtools curvature`` starts fast.
+``cli_spectra`` (registers ``cli_hessian``: input-Hessian spectra, and ``cli_lemma``: Lemma 1 on
+trained nets). Heavy imports (torch, sympy, harness) happen inside the commands, so
+``curvtools curvature`` starts fast; only ``hessian`` and ``lemma`` import harness.
 """
 
 from __future__ import annotations

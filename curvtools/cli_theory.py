@@ -5,49 +5,79 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from curvtools.clirun import check_output_path, require_expr
+from curvtools.act_options import with_activation_options
+from curvtools.checks import require_int_in, require_unit_open
+from curvtools.clirun import PLOT_SUFFIXES, check_output_path, require_expr
 from curvtools.errors import BadInput, check_seed
+from curvtools.fileio import json_safe, write_json_atomic
 
+DEFAULT_TOL = 1e-9  # = curvtools.certified_table.DEFAULT_TOL (a test checks they agree)
 ACT_HELP = ("activation name (`curvtools curvature --act all` lists the built-in ones; expr "
             "needs --expr), or 'all' for every built-in one")
 
 
-def _resolve_all(act: str, k: float | None, beta: float | None, alpha: float | None,
-                 expr: str | None) -> list:
+def _resolve_all(act: str, act_params: dict[str, Any]) -> list:
+    """The activations ``--act`` names with the given parameters (None: not given)."""
     from curvtools.activations import builtin_names, resolve
 
-    require_expr(act, expr)
+    require_expr(act, act_params.get("expr"))
     if act.strip().lower() == "all":
-        if any(v is not None for v in (k, beta, alpha, expr)):
-            raise BadInput("--act all uses default parameters; drop --k/--beta/--alpha/--expr")
+        given = [f"--{k}" for k, v in act_params.items() if v is not None]
+        if given:
+            raise BadInput(f"--act all uses default parameters; drop {'/'.join(given)}")
         return [resolve(name) for name in builtin_names()]
-    return [resolve(act, k=k, beta=beta, alpha=alpha, expr=expr)]
+    return [resolve(act, **act_params)]
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+def _curvatures(acts: list, tol: float) -> list:
+    """Stored results where the table has them (no sympy import then), else computed."""
+    from curvtools.certified_table import lookup
+
+    results = [lookup(a, tol) for a in acts]
+    if any(r is None for r in results):
+        from curvtools.symbolic import curvature
+
+        results = [r if r is not None else curvature(a, tol=tol)
+                   for a, r in zip(acts, results, strict=True)]
+    return results
 
 
 def _fmt(v: float) -> str:
     return f"{v + 0.0:.10g}" if math.isfinite(v) else str(v)  # + 0.0 turns -0 into 0
 
 
-def _arg(x: float, at_infinity: bool) -> str:
-    return "|x| -> inf" if at_infinity else _fmt(x)
+def _number(value: float, exact: str | None) -> str:
+    """``0.5 = 1/2`` for an exact value that reads differently from its float, else the float
+    once (``2``, not ``2 = 2``)."""
+    shown = _fmt(value)
+    if exact is None or exact == shown:
+        return shown
+    try:  # "2.0" / "2" from sympy: the same number, written once
+        if float(exact) == value and "/" not in exact:
+            return shown
+    except ValueError:
+        pass
+    return f"{shown} = {exact}"
+
+
+def _extremum(what: str, value: float, exact: str | None, arg: float, arg_exact: str | None,
+              at_infinity: bool, limit: float | None) -> str:
+    """``max f'' = 0.5 = 1/2 (argmax 0)``, or for a bound approached as x -> +-inf and not
+    attained ``min f'' = inf 0 (not attained, x -> -inf)`` (its exact limit when known)."""
+    if at_infinity:
+        value = value if limit is None else limit
+        exact = exact if limit is not None else None
+        bound = "sup" if what == "max" else "inf"
+        towards = "-inf" if arg < 0 else "inf"
+        return f"{what} f'' = {bound} {_number(value, exact)} (not attained, x -> {towards})"
+    where = arg_exact if arg_exact is not None and not arg_exact.endswith("oo") else _fmt(arg)
+    return f"{what} f'' = {_number(value, exact)} (arg{what} {where})"
 
 
 def _enclosure(lower: float, upper: float, certified: bool) -> str:
@@ -66,38 +96,36 @@ def _print_one(c) -> None:
         for note in c.notes:
             print(f"  note: {note}")
         return
-    exact = f" = {c.max_exact} at x = {c.argmax_exact}" if c.max_exact else ""
-    print(f"  max f'' = {_fmt(c.max_value)}{exact} (argmax {_arg(c.argmax, c.argmax_at_infinity)})"
-          f"; {_enclosure(c.max_lower, c.max_upper, c.max_certified)}")
-    print(f"  min f'' = {_fmt(c.min_value)} (argmin {_arg(c.argmin, c.argmin_at_infinity)})"
-          f"; {_enclosure(c.min_lower, c.min_upper, c.min_certified)}")
+    top = _extremum("max", c.max_value, c.max_exact, c.argmax, c.argmax_exact,
+                    c.argmax_at_infinity, c.max_limit)
+    bottom = _extremum("min", c.min_value, c.min_exact, c.argmin, None, c.argmin_at_infinity,
+                       c.min_limit)
+    print(f"  {top}; {_enclosure(c.max_lower, c.max_upper, c.max_certified)}")
+    print(f"  {bottom}; {_enclosure(c.min_lower, c.min_upper, c.min_certified)}")
     print(f"  curvature = {_fmt(c.curvature)}  [{c.kind}]")
     for note in c.notes:
         print(f"  note: {note}")
 
 
+@with_activation_options
 def curvature_command(
     act: str = typer.Option(..., "--act", help=ACT_HELP),
-    k: str | None = typer.Option(None, "--k", help="LeakyReLU negative slope k"),
-    beta: str | None = typer.Option(None, "--beta", help="PSwish / Softplus beta (> 0)"),
-    alpha: str | None = typer.Option(None, "--alpha", help="ELU alpha (> 0)"),
-    expr: str | None = typer.Option(None, "--expr", help="user activation in x (--act expr)"),
     json_path: Path | None = typer.Option(None, "--json", help="write the numbers to this file"),
-    plot: Path | None = typer.Option(None, "--plot",
-                                     help="draw f, f', f'' (Figure 2) to this .png/.pdf"),
-    tol: float = typer.Option(1e-9, "--tol", help="certified enclosure width: absolute for "
-                              "values below 1 in magnitude, relative above; in (0, 1)"),
+    plot: Path | None = typer.Option(None, "--plot", help="draw f, f', f'' (Figure 2) to this "
+                                     ".png/.pdf/.svg"),
+    tol: float = typer.Option(DEFAULT_TOL, "--tol", help="certified enclosure width: absolute "
+                              "for values below 1 in magnitude, relative above; in (0, 1)"),
+    *,
+    act_params: dict[str, Any],
 ) -> None:
     """f, f', f'' and the certified global max/min of f'' (the paper's curvature)."""
-    acts = _resolve_all(act, k, beta, alpha, expr)
-    check_output_path("--json", json_path, suffixes=(".json",))
-    # curvtools.figures draws Figure 2 as .png or .pdf only
-    check_output_path("--plot", plot, suffixes=(".png", ".pdf"))
-    if not (0 < tol < 1):
-        raise BadInput(f"--tol {tol} must be in (0, 1)")
-    from curvtools.symbolic import curvature
-
-    results = [curvature(a, tol=tol) for a in acts]
+    acts = _resolve_all(act, act_params)
+    # run_files=(): which names make up a harness run is harness's knowledge, not the theory's;
+    # *.pt names stay refused
+    check_output_path("--json", json_path, suffixes=(".json",), run_files=())
+    check_output_path("--plot", plot, suffixes=PLOT_SUFFIXES, run_files=())
+    require_unit_open("--tol", tol)
+    results = _curvatures(acts, tol)
     for c in results:
         _print_one(c)
     if len(results) > 1:
@@ -105,7 +133,7 @@ def curvature_command(
         for rank, c in enumerate(sorted(results, key=lambda r: -r.curvature), start=1):
             print(f"  {rank:2d}. {c.label:18s} {_fmt(c.curvature):>14s}  {c.kind}")
     if json_path is not None:
-        write_json_atomic(json_path, {"activations": [c.to_json() for c in results]})
+        write_json_atomic(json_path, json_safe({"activations": [c.to_json() for c in results]}))
         print(f"wrote {json_path}")
     if plot is not None:
         from curvtools.figures import plot_activation_derivatives
@@ -114,13 +142,10 @@ def curvature_command(
         print(f"wrote {plot}")
 
 
+@with_activation_options
 def twolayer_command(
     act: str = typer.Option(..., "--act", help="activation name (`curvtools curvature --act "
                             "all` lists the built-in ones; expr needs --expr)"),
-    k: str | None = typer.Option(None, "--k", help="LeakyReLU negative slope k"),
-    beta: str | None = typer.Option(None, "--beta", help="PSwish / Softplus beta (> 0)"),
-    alpha: str | None = typer.Option(None, "--alpha", help="ELU alpha (> 0)"),
-    expr: str | None = typer.Option(None, "--expr", help="user activation in x (--act expr)"),
     dim: int = typer.Option(10, "--dim", help="input dimension d"),
     hidden: int = typer.Option(32, "--hidden", help="hidden width h"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
@@ -128,17 +153,18 @@ def twolayer_command(
     slsqp_starts: int = typer.Option(20, "--slsqp-starts",
                                      help="SLSQP starts for the cross-check solver"),
     json_path: Path | None = typer.Option(None, "--json", help="write the numbers to this file"),
+    *,
+    act_params: dict[str, Any],
 ) -> None:
     """Eq. 2 vs torch.func.hessian and Lemma 1 vs the exact minimal perturbation, random nets."""
     if act.strip().lower() == "all":
         raise BadInput("--act all is only for 'curvature'; give one activation")
-    (activation,) = _resolve_all(act, k, beta, alpha, expr)
+    (activation,) = _resolve_all(act, act_params)
     for name, value, lo, hi in (("--dim", dim, 1, 2000), ("--hidden", hidden, 1, 20000),
                                 ("--n", n, 1, 100000), ("--slsqp-starts", slsqp_starts, 1, 1000)):
-        if not lo <= value <= hi:
-            raise BadInput(f"{name} {value} must be an integer in [{lo}, {hi}]")
+        require_int_in(name, value, lo, hi)
     check_seed("--seed", seed)
-    check_output_path("--json", json_path, suffixes=(".json",))
+    check_output_path("--json", json_path, suffixes=(".json",), run_files=())
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -170,11 +196,10 @@ def twolayer_command(
     if not activation.smooth:
         print("note: the activation is not twice differentiable; Eq. 2 uses f'' away from kinks")
     if json_path is not None:
-        write_json_atomic(json_path, {"activation": activation.config(), "dim": dim,
-                                      "hidden": hidden, "seed": seed,
-                                      "eq2_max_abs_err": eq2, "grad_max_abs_err": grad,
-                                      "all_inside_bounds": inside_all,
-                                      "instances": [r.to_json() for r in rows]})
+        write_json_atomic(json_path, json_safe({
+            "activation": activation.config(), "dim": dim, "hidden": hidden, "seed": seed,
+            "eq2_max_abs_err": eq2, "grad_max_abs_err": grad, "all_inside_bounds": inside_all,
+            "instances": [r.to_json() for r in rows]}))
         print(f"wrote {json_path}")
 
 

@@ -57,9 +57,12 @@ the supremum of f'' over the pieces (the Dirac mass of f'' at the kink is left o
    `x**3`), the enclosure is reported as `[best, inf]`, not certified, and printed as
    "enclosure", not "certified enclosure".
 4. The reported value is f'' at the reported argmax (attained; a rigorous lower bound of the
-   maximum), within the tolerance of the maximum when certified. An extremum marked
-   "argmax |x| -> inf" is approached, not attained (e.g. the infimum 0 of Softplus' f''); one
-   that f'' takes on a whole piece (ELU's minimum 0 on x > 0) is reported at a point inside it.
+   maximum), within the tolerance of the maximum when certified. An extremum printed as
+   "inf 0 (not attained, x -> -inf)" is approached, not attained (the infimum 0 of Softplus'
+   f''): its value is sympy's exact limit of f'' in that direction, accepted only when it lies
+   in the certified enclosure, and its argument is -inf/inf (JSON "-inf"), not the window's
+   edge. One that f'' takes on a whole piece (ELU's minimum 0 on x > 0) is reported at a
+   point inside it.
 5. An exact closed form is printed when a simple candidate (0, a piece boundary, or sympy's
    `nsimplify` of the numeric argmax) lies in the certified argmax boxes, makes f''' vanish
    structurally (sympy evaluates it to 0, not a small number), and its value lies in the
@@ -128,11 +131,13 @@ def curvature_table(extra: tuple = ()) -> str:
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, c in enumerate(rows, start=1):
         argmax = "-" if c.kind.startswith("approx") else _fmt(round(c.argmax, 8))
-        argmin = "x -> inf" if c.argmin_at_infinity else _fmt(round(c.argmin, 8))
+        argmin = (f"x -> {'-' if c.argmin < 0 else ''}inf (not attained)"
+                  if c.argmin_at_infinity else _fmt(round(c.argmin, 8)))
         if c.kind.startswith("approx"):
             argmin = "-"
+        low = c.min_value if c.min_limit is None else c.min_limit  # an infimum's exact limit
         out.append(f"| {i} | {c.label} | {c.curvature:.10f} | {c.kind} | "
-                   f"{c.max_exact or '-'} | {argmax} | {c.min_value + 0.0:.10f} | {argmin} |")
+                   f"{c.max_exact or '-'} | {argmax} | {low + 0.0:.10f} | {argmin} |")
     return "\n".join(out) + "\n"
 
 

@@ -1,6 +1,7 @@
 """Torch modules for registered activations that torch has no built-in for.
 
-Imported lazily by :mod:`curvtools.activations` (this module imports torch).
+Imported lazily by :mod:`curvtools.activations` (this module imports torch); it imports
+:mod:`curvtools.user_expr`, never the registry.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class SympyActivation(nn.Module):
 
     def __init__(self, expr: str):
         super().__init__()
-        from curvtools.activations import parse_user_expression, symbol_x
         from curvtools.sympy_torch import lambdify_torch
+        from curvtools.user_expr import parse_user_expression, symbol_x
 
         self.expr = expr
         self._fn = lambdify_torch(symbol_x(), parse_user_expression(expr))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -238,7 +239,12 @@ def random_instance(act: Activation, dim: int, hidden: int, rng: torch.Generator
         net = TwoLayerNet(act, W1, w2).to(dt)
         x, fx = top_x, -top_f
     func = lambda v: net(v)  # noqa: E731
-    H_ref = torch.func.hessian(func)(x).detach()
+    with warnings.catch_warnings():
+        # torch.func.hessian's forward-mode AD registers its decompositions through
+        # torch.jit.script, which warns (FutureWarning) on every run: torch's code, not ours
+        warnings.filterwarnings("ignore", category=FutureWarning,
+                                message=r".*torch\.jit\.script.*deprecated")
+        H_ref = torch.func.hessian(func)(x).detach()
     g_ref = torch.func.grad(func)(x).detach()
     H = hessian_eq2(act, W1.detach(), w2.detach(), x[None])[0]
     g = gradient_eq2(act, W1.detach(), w2.detach(), x[None])[0]

@@ -2,15 +2,17 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from curvtools.activations import resolve
+from curvtools.checkpoint_paths import checkpoints_in_run
 from curvtools.cli import main
-from curvtools.cli_spectra import checkpoints_in_run, load_test_images
 from curvtools.spectra import input_hessian_eigenvalues
+from curvtools.testset import load_test_images
 
 
 def _save_tiny_checkpoint(path, epoch: int, seed: int = 0, act: str = "relu") -> None:
@@ -72,12 +74,13 @@ def test_hessian_cli_on_a_run_directory_gives_lambda_max_per_checkpoint(run_dir,
     main(["hessian", "--ckpt", str(run_dir), "--n", "2", "--max-iter", "10", "--tol", "1e-2",
           "--json", str(out), "--plot", str(tmp_path / "curve.png")])
     body = json.loads(out.read_text())
-    assert [c["checkpoint"] for c in body["checkpoints"]] == ["epoch_0001.pt", "epoch_0002.pt",
-                                                              "last.pt"]
-    assert [c["epoch"] for c in body["checkpoints"]] == [1, 2, 2]
-    means = [c["summary"]["lambda_max"]["mean"] for c in body["checkpoints"]]
-    assert means[1] == pytest.approx(means[2], rel=1e-6)  # same weights, same images
-    assert "lambda_max per checkpoint" in capsys.readouterr().out
+    # last.pt holds epoch 2, which epoch_0002.pt holds too: a copy, not computed again
+    assert [c["checkpoint"] for c in body["checkpoints"]] == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert [c["epoch"] for c in body["checkpoints"]] == [1, 2]
+    assert body["skipped_copies"] == [{"checkpoint": "last.pt", "same_epoch_as": "epoch_0002.pt"}]
+    printed = capsys.readouterr().out
+    assert "lambda_max per checkpoint" in printed
+    assert "skipped as copies: last.pt (= epoch_0002.pt)" in printed
 
 
 @pytest.mark.parametrize("args", [["--function", "mse"], ["--n", "0"], ["--tol", "0"],
@@ -124,7 +127,7 @@ def test_lemma_cli_reports_bounds_beside_the_attack(run_dir, tmp_path, capsys):
 def test_lemma_quantities_and_attack_match_the_closed_form_on_a_linear_classifier():
     # Two classes, logits W x + b: the margin is linear, so nu = 0, both bounds equal c / |g|,
     # and that is also the exact l2 distance to the decision boundary (inside the pixel box).
-    from curvtools.cli_spectra import lemma_quantities, smallest_l2_attack
+    from curvtools.cli_lemma import lemma_quantities, smallest_l2_attack
     from curvtools.lemma import lemma1_bounds
 
     torch.manual_seed(0)
@@ -197,3 +200,85 @@ def test_hessian_outputs_never_replace_the_checkpoints_they_read(run_dir, capsys
             main(["hessian", "--ckpt", str(run_dir), "--n", "2", option, str(run_dir / target)])
         assert exc.value.code == 2 and "input" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_lemma_accepts_a_run_directory_and_says_it_used_last_pt(run_dir, tmp_path, capsys):
+    out = tmp_path / "lemma.json"
+    main(["lemma", "--ckpt", str(run_dir), "--n", "2", "--steps", "1", "--bisect-steps", "1",
+          "--max-iter", "2", "--device", "cpu", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "a run directory, using its last checkpoint last.pt" in printed
+    assert json.loads(out.read_text())["checkpoint"] == str(run_dir / "last.pt")
+
+
+@pytest.mark.parametrize("command", ["hessian", "lemma"])
+def test_spectra_commands_share_harness_device_rule(run_dir, capsys, command):
+    # "meta" is a torch device but nothing runs on it: harness.train.resolve_device refuses it
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--ckpt", str(run_dir / "silu.pt"), "--n", "2", "--device", "meta"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "meta" in err and err.count("\n") == 1
+
+
+def test_hessian_files_are_written_by_the_one_atomic_writer(run_dir, tmp_path, monkeypatch,
+                                                            capsys):
+    import curvtools.fileio as fileio
+
+    written = []
+    real = fileio.write_bytes_atomic
+    monkeypatch.setattr(fileio, "write_bytes_atomic",
+                        lambda path, data: (written.append(Path(path).name), real(path, data)))
+    main(["hessian", "--ckpt", str(run_dir / "silu.pt"), "--n", "2", "--max-iter", "4",
+          "--tol", "0.5", "--device", "cpu", "--json", str(tmp_path / "h.json"),
+          "--csv", str(tmp_path / "h.csv")])
+    assert sorted(written) == ["h.csv", "h.json"]
+
+
+def _finite_points(ax):
+    points = [line.get_xydata() for line in ax.get_lines()]
+    points += [c.get_paths()[0].vertices for c in ax.collections if c.get_paths()]
+    xy = np.concatenate(points)
+    return xy[np.isfinite(xy).all(axis=1)]
+
+
+def test_hessian_curve_has_quantile_bands_whole_epoch_ticks_and_holds_every_point():
+    from curvtools.spectra_plots import curve_figure
+    from curvtools.spectra_report import spectra_summary
+
+    rng = np.random.default_rng(0)
+    rows = [{"epoch": e, "summary": spectra_summary(rng.normal(e, 1.0, 50), -rng.random(50),
+                                                    [True] * 50, [5] * 50)}
+            for e in (1, 2, 3, 5)]
+    fig = curve_figure(rows, "t")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    assert len(ax.collections) == 2  # the 25-75% and 5-95% bands
+    labels = [t.get_label() for t in ax.collections]
+    assert labels == ["5-95% of examples", "25-75% of examples"]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    xy = _finite_points(ax)
+    assert np.all((xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1))
+    ticks = [t for t in ax.get_xticks() if x0 <= t <= x1]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert all(s.replace("\u2212", "-").lstrip("-").isdigit() for s in shown), shown
+
+
+def test_hessian_histogram_bins_have_one_width_and_the_title_names_what_is_shown(run_dir,
+                                                                                 tmp_path,
+                                                                                 monkeypatch,
+                                                                                 capsys):
+    import curvtools.spectra_plots as plots
+
+    figures = []
+    real = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, path: (figures.append(fig), real(fig, path)))
+    main(["hessian", "--ckpt", str(run_dir / "silu.pt"), "--n", "6", "--max-iter", "6",
+          "--tol", "0.5", "--device", "cpu", "--plot", str(tmp_path / "h.svg")])
+    (fig,) = figures
+    ax = fig.axes[0]
+    title = ax.get_title()
+    assert "silu" in title and "silu.pt" in title and "epoch 3" in title and "6 test" in title
+    widths = {round(p.get_width(), 12) for p in ax.patches}
+    assert len(widths) == 1  # lambda_max and lambda_min bars share one bin width
+    assert (tmp_path / "h.svg").read_text().lstrip().startswith("<?xml")

@@ -54,7 +54,7 @@ def test_bad_plot_path_does_not_overwrite_existing_json(tmp_path, capsys):
     target = tmp_path / "keep.json"
     target.write_text("precious")
     code, _, _ = _run(["curvature", "--act", "gelu", "--json", str(target), "--plot",
-                       str(tmp_path / "fig.svg")], capsys)
+                       str(tmp_path / "fig.txt")], capsys)  # .svg is a figure suffix now
     assert code == 2 and target.read_text() == "precious"
 
 
@@ -122,3 +122,77 @@ def test_tol_help_says_absolute_below_one_and_relative_above(capsys):
 def test_attained_argmin_is_printed_for_an_extremum_on_a_half_line(capsys):
     out = _ok(["curvature", "--act", "expr", "--expr", "x*abs(x)"], capsys)
     assert "min f'' = -2 (argmin -1)" in out and "|x| -> inf" not in out
+
+
+@pytest.mark.parametrize("suffix", [".png", ".pdf", ".svg"])
+def test_curvature_plot_takes_every_figure_suffix(tmp_path, capsys, suffix):
+    target = tmp_path / f"f{suffix}"
+    _ok(["curvature", "--act", "silu", "--plot", str(target)], capsys)
+    assert target.stat().st_size > 1000
+
+
+def test_twolayer_stderr_is_clean():
+    result = subprocess.run([sys.executable, "-m", "curvtools.cli", "twolayer", "--act", "silu",
+                             "--dim", "3", "--hidden", "4", "--n", "2", "--slsqp-starts", "2"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.parametrize("command", ["curvature", "twolayer"])
+def test_activation_parameters_are_typed_floats_with_the_registrys_help(command, capsys):
+    import re
+
+    out = _ok([command, "--help"], capsys)
+    for name in ("k", "beta", "alpha"):
+        row = next(line for line in out.splitlines() if re.search(rf"--{name}\b", line))
+        assert re.search(r"<float>|FLOAT", row), row
+    flat = " ".join(out.replace("\u2502", " ").split())  # rich wraps rows inside a box
+    assert "softplus: sharpness" in flat and "pswish: fixed (not learned) slope" in flat
+
+
+def test_a_non_number_parameter_is_a_usage_error(capsys):
+    code, _, err = _run(["curvature", "--act", "pswish", "--beta", "two"], capsys)
+    assert code == 2 and "--beta" in err and err.count("\n") == 1
+
+
+def test_an_exact_value_equal_to_its_float_is_printed_once(capsys):
+    out = _ok(["curvature", "--act", "lisht"], capsys)
+    assert "max f'' = 2 (argmax 0)" in out and "2 = 2" not in out
+    out = _ok(["curvature", "--act", "silu"], capsys)
+    assert "max f'' = 0.5 = 1/2 (argmax 0)" in out
+
+
+def test_softplus_infimum_is_not_attained_and_not_a_window_edge(tmp_path, capsys):
+    out = _ok(["curvature", "--act", "softplus", "--json", str(tmp_path / "s.json")], capsys)
+    assert "min f'' = inf 0 (not attained, x -> -inf)" in out
+    assert "e-324" not in out.split("min f''")[1].split(";")[0]
+    entry = json.loads((tmp_path / "s.json").read_text())["activations"][0]
+    assert entry["argmin"] in (None, "-inf") and entry["min_limit"] == 0.0
+    assert entry["min_exact"] == "0" and entry["argmin_at_infinity"] is True
+
+
+def test_all_activations_figure_keeps_every_curve_visible_and_inside_the_axes(tmp_path):
+    import numpy as np
+
+    from curvtools.activations import builtin_names, resolve
+    from curvtools.figures import activation_figure
+
+    fig = activation_figure([resolve(n) for n in builtin_names()])
+    axes = fig.axes
+    styles = {(line.get_color(), str(line.get_linestyle()), line.get_marker())
+              for line in axes[0].get_lines() if line.get_label() and
+              not line.get_label().startswith("_")}
+    assert len(styles) == len(builtin_names())  # no two curves drawn alike
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "pswish(beta=1) (= silu)" in labels and "relu" in labels and "lisht" in labels
+    legend_box = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
+    for ax in axes:  # the legend covers no panel
+        assert not legend_box.overlaps(ax.get_window_extent())
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        for line in ax.get_lines():
+            xy = line.get_xydata()
+            xy = xy[np.isfinite(xy).all(axis=1)]
+            if line.get_label().startswith("_"):  # the zero axes lines
+                continue
+            assert np.all((xy[:, 0] >= x0) & (xy[:, 0] <= x1))
+            assert np.all((xy[:, 1] >= y0) & (xy[:, 1] <= y1)), line.get_label()

@@ -1,0 +1,70 @@
+"""CLI options for activation parameters, derived from the registry's :class:`ParamSpec`s.
+
+Every parameter name of every registered activation becomes one option ``--NAME`` with the
+parameter's type (FLOAT for numbers) and a help text listing which activations take it, so a new
+parameter is one registry entry. :func:`with_activation_options` adds them to a typer command.
+
+Example::
+
+    @with_activation_options
+    def curvature_command(act: str = typer.Option(...), *, act_params: dict) -> None:
+        acts = resolve(act, **act_params)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from curvtools.activations import REGISTRY, format_value
+
+
+def activation_parameters() -> dict[str, tuple[type, str]]:
+    """``{name: (kind, help)}`` over the registry, in registration order.
+
+    Example: ``activation_parameters()["beta"]`` is ``(float, "pswish: fixed (not learned) slope
+    inside the sigmoid, > 0 (default 1); softplus: sharpness, > 0 (default 1)")``.
+    """
+    kinds: dict[str, type] = {}
+    helps: dict[str, list[str]] = {}
+    seen = set()
+    for spec in REGISTRY.values():
+        if spec.name in seen:  # aliases point at the same spec
+            continue
+        seen.add(spec.name)
+        for p in spec.params:
+            if kinds.setdefault(p.name, p.kind) is not p.kind:
+                raise TypeError(f"parameter {p.name!r} has two types in the registry")
+            default = f" (default {format_value(p.default)})" if p.kind is float else ""
+            when = " (--act expr)" if spec.name == "expr" else ""
+            helps.setdefault(p.name, []).append(f"{spec.name}: {p.help}{default}{when}")
+    return {name: (kinds[name], "; ".join(helps[name])) for name in kinds}
+
+
+def with_activation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give ``command`` (which takes ``act_params: dict``, the given values, None where not
+    given) one typer option per activation parameter, inserted after its ``act`` option."""
+    params = activation_parameters()
+    own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
+           if p.name != "act_params"]
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                               default=typer.Option(None, f"--{name}", help=help_text),
+                               annotation=kind | None)
+             for name, (kind, help_text) in params.items()]
+    at = next((i + 1 for i, p in enumerate(own) if p.name == "act"), 0)
+    ordered = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at]] + added + \
+        [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[at:]]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> Any:
+        act_params = {name: kwargs.pop(name) for name in params}
+        return command(act_params=act_params, **kwargs)
+
+    del wrapper.__wrapped__  # typer must see the new signature, not the wrapped one
+    wrapper.__signature__ = inspect.Signature(ordered)
+    wrapper.__annotations__ = {p.name: p.annotation for p in ordered}
+    return wrapper
