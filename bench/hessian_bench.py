@@ -103,7 +103,7 @@ def digits_model(args, device):
 
 
 def checkpoint_model(args, device):
-    from curvtools.cli_spectra import load_test_images
+    from curvtools.testset import load_test_images
     from harness.checkpoint import load_model
 
     model, ckpt = load_model(args.ckpt, device=device)

@@ -1,21 +1,23 @@
 """``curvtools``: the theory and diagnostics command.
 
-Subcommands live in their own modules, each with ``register(app)``:
-``cli_theory`` (curvature, two-layer Hessian, Lemma 1 on a quadratic model) and
-``cli_spectra`` (registers ``cli_hessian``: input-Hessian spectra, and ``cli_lemma``: Lemma 1 on
-trained nets). Heavy imports (torch, sympy, harness) happen inside the commands, so
+Subcommands live in their own modules: ``cli_theory`` (curvature, two-layer Hessian, Lemma 1 on
+a quadratic model), ``cli_hessian`` (input-Hessian spectra of trained nets) and ``cli_lemma``
+(Lemma 1 on trained nets). Heavy imports (torch, sympy, harness) happen inside the commands, so
 ``curvtools curvature`` starts fast; only ``hessian`` and ``lemma`` import harness.
 """
 
 from __future__ import annotations
 
-from curvtools import cli_spectra, cli_theory
+from curvtools import cli_theory
+from curvtools.cli_hessian import hessian
+from curvtools.cli_lemma import lemma
 from curvtools.clirun import new_app, run_app
 
 app = new_app("Activation curvature, the two-layer input Hessian (Eq. 2), Lemma 1 bounds, "
               "and input-Hessian spectra of trained nets (Singla et al., ICCV 2021).")
 cli_theory.register(app)
-cli_spectra.register(app)
+app.command("hessian")(hessian)
+app.command("lemma")(lemma)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,17 +111,16 @@ def hessian(
         raise BadInput(f"--ckpt {str(ckpt)!r} does not exist")
     every_file = checkpoints_in_run(ckpt) if ckpt.is_dir() else [ckpt]
 
-    from harness.metrics_file import RUN_FILES
 
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
     for option, path, suffixes in (("--json", json_path, None), ("--csv", csv_path, None),
                                    ("--plot", plot, PLOT_SUFFIXES)):
         check_output_path(option, path, inputs=every_file, run_dirs=[run_dir],
-                          suffixes=suffixes, run_files=RUN_FILES)
+                          suffixes=suffixes)
     dtype_ = torch_dtype("--dtype", dtype)
 
     from harness.checkpoint import load_checkpoint
-    from harness.train import resolve_device
+    from harness.runtime import resolve_device
 
     dev = resolve_device(device)
     # Every checkpoint is read once before any work (a damaged later one must not cost the

@@ -133,17 +133,15 @@ def lemma(
     choice = resolve_checkpoints(ckpt, "--ckpt", series=False)
     (path,) = choice.paths
 
-    from harness.metrics_file import RUN_FILES
 
-    check_output_path("--json", json_path, inputs=[path], run_dirs=[path.parent],
-                      run_files=RUN_FILES)
+    check_output_path("--json", json_path, inputs=[path], run_dirs=[path.parent])
     dtype_ = torch_dtype("--dtype", dtype)
 
     from curvtools.lemma import lemma1_bounds
     from curvtools.progress import advance, new_progress
     from curvtools.testset import load_test_images
     from harness.checkpoint import load_model
-    from harness.train import resolve_device
+    from harness.runtime import resolve_device
 
     dev = resolve_device(device)
     if choice.note:

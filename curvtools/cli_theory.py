@@ -41,7 +41,7 @@ def _curvatures(acts: list, tol: float) -> list:
 
     results = [lookup(a, tol) for a in acts]
     if any(r is None for r in results):
-        from curvtools.symbolic import curvature
+        from curvtools.certified import curvature
 
         results = [r if r is not None else curvature(a, tol=tol)
                    for a, r in zip(acts, results, strict=True)]
@@ -120,10 +120,8 @@ def curvature_command(
 ) -> None:
     """f, f', f'' and the certified global max/min of f'' (the paper's curvature)."""
     acts = _resolve_all(act, act_params)
-    # run_files=(): which names make up a harness run is harness's knowledge, not the theory's;
-    # *.pt names stay refused
-    check_output_path("--json", json_path, suffixes=(".json",), run_files=())
-    check_output_path("--plot", plot, suffixes=PLOT_SUFFIXES, run_files=())
+    check_output_path("--json", json_path, suffixes=(".json",))
+    check_output_path("--plot", plot, suffixes=PLOT_SUFFIXES)
     require_unit_open("--tol", tol)
     results = _curvatures(acts, tol)
     for c in results:
@@ -164,7 +162,7 @@ def twolayer_command(
                                 ("--n", n, 1, 100000), ("--slsqp-starts", slsqp_starts, 1, 1000)):
         require_int_in(name, value, lo, hi)
     check_seed("--seed", seed)
-    check_output_path("--json", json_path, suffixes=(".json",), run_files=())
+    check_output_path("--json", json_path, suffixes=(".json",))
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

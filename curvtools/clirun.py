@@ -1,8 +1,7 @@
 """Run a typer app so that bad input gives one line and exit code 2, never a traceback.
 
-Shared by both console scripts (``curvtools`` and ``harness``). Imports nothing of harness:
-which file names belong to a run directory is harness's knowledge, passed in by the caller
-(``run_files=``).
+Shared by both console scripts (``curvtools`` and ``harness``). Imports nothing of harness: the
+run directory's file names come from :mod:`curvtools.runfiles` (the format's bottom layer).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import importlib.util
 import os
 import sys
 import warnings
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import typer
@@ -23,6 +22,7 @@ else:  # pragma: no cover - depends on the installed typer
     import click
 
 from curvtools.errors import BadInput
+from curvtools.runfiles import RUN_FILES
 
 
 def new_app(help_text: str) -> typer.Typer:
@@ -98,14 +98,14 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def check_output_path(option: str, path: Path | None, *, inputs: Iterable[Path] = (),
                       run_dirs: Iterable[Path] = (), made_folders: Iterable[Path] = (),
-                      suffixes: tuple[str, ...] | None = None,
-                      run_files: Collection[str] | None = None) -> None:
+                      suffixes: tuple[str, ...] | None = None) -> None:
     """Refuse, before any work, an output file that cannot be written or would destroy data.
 
     Refused: a directory; a path whose folder is missing, is a file or is not writable; a
     read-only existing file; one of ``inputs`` (e.g. the checkpoint a command reads); a
-    checkpoint name (``*.pt``); an existing run file (a name in ``run_files``, e.g. harness's
-    ``RUN_FILES``: ``config.json``, ``metrics.jsonl``, ``DONE``) or such a name inside one of
+    checkpoint name (``*.pt``); an existing run file (a name in
+    :data:`curvtools.runfiles.RUN_FILES`: ``config.json``, ``metrics.jsonl``, ``DONE``) or such a
+    name inside one of
     ``run_dirs`` (folders the command writes a run into); a suffix not in ``suffixes`` when
     given. The folder may be missing only when it is
     one of ``made_folders`` (the command creates it, e.g. a new run directory). Example::
@@ -131,13 +131,9 @@ def check_output_path(option: str, path: Path | None, *, inputs: Iterable[Path] 
             raise BadInput(f"{shown} is an input of this command ({str(source)!r}); "
                            "give another output file")
     in_run = any(path.parent.resolve() == Path(d).resolve() for d in run_dirs)
-    if run_files is None and (path.exists() or in_run):
-        # TRANSITIONAL, for harness's callers written before run_files existed: curvtools'
-        # own commands always pass run_files. Remove once harness passes RUN_FILES itself.
-        from harness.metrics_file import RUN_FILES as run_files
-    named = path.name in (run_files or ()) and (path.exists() or in_run)
+    named = path.name in RUN_FILES and (path.exists() or in_run)
     if path.suffix == ".pt" or named:
-        shown_names = ", ".join(n for n in (run_files or ()) if not n.endswith(".pt"))
+        shown_names = ", ".join(n for n in RUN_FILES if not n.endswith(".pt"))
         raise BadInput(f"{shown} is a run file (*.pt{', ' if shown_names else ''}"
                        f"{shown_names}); give another output file")
     folder = path.parent if path.parent.is_dir() else blocker

@@ -1,4 +1,4 @@
-"""The result of :func:`curvtools.symbolic.curvature`: max/min of f'' with arguments, enclosures
+"""The result of :func:`curvtools.certified.curvature`: max/min of f'' with arguments, enclosures
 and how they were found. Plain data, no sympy: the certified table
 (:mod:`curvtools.certified_table`) and the CLI build it without importing sympy.
 

@@ -25,7 +25,8 @@ def load_test_images(ckpt: dict[str, Any], n: int, seed: int, data_dir: str | No
     import numpy as np
     import torch
 
-    from harness.data import open_source, stratified_subset
+    from harness.data import stratified_subset
+    from harness.datasets import open_source
 
     train_config = ckpt.get("train_config") or {}
     if "dataset" not in train_config:

@@ -123,7 +123,7 @@ def _fmt(v: float) -> str:
 
 def curvature_table(extra: tuple = ()) -> str:
     """The Markdown curvature table of all built-in activations (default parameters), ranked."""
-    from curvtools.symbolic import curvature
+    from curvtools.certified import curvature
 
     acts = [resolve(n) for n in builtin_names()] + [resolve(n, **p) for n, p in extra]
     rows = sorted((curvature(a) for a in acts), key=lambda c: -c.curvature)
@@ -143,7 +143,7 @@ def curvature_table(extra: tuple = ()) -> str:
 
 def tail_status() -> str:
     """Which built-ins' tails the interval bound settles, as computed (Markdown list items)."""
-    from curvtools.symbolic import curvature
+    from curvtools.certified import curvature
 
     settled: dict[tuple[bool, bool], list[str]] = {}
     for name in builtin_names():

@@ -16,13 +16,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import pickle
 import re
-import signal
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -32,22 +28,16 @@ from typing import Any
 import torch
 
 from curvtools.errors import BadInput
+from curvtools.fileio import write_bytes_atomic
 
 FORMAT = "lowcurv-checkpoint/1"
-
-# Test hook for crash-safety tests (tests/test_trust.py, scripts/crash_campaign.py):
-# LOWCURV_CRASH_AT=checkpoint-write[:N] makes the process SIGKILL itself while the temporary
-# file of its N-th checkpoint (.pt) write is half written (N defaults to 1). Unset: no effect.
-CRASH_ENV = "LOWCURV_CRASH_AT"
-_pt_writes = 0
-
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically.
 
-    The bytes go to a temporary file in the same folder, are fsynced, and the file is renamed
-    over ``path`` with ``os.replace``: a crash leaves either the old file or the new one, never
-    a torn one. ``payload["format"]`` is set to :data:`FORMAT` when missing.
+    The bytes go through :func:`curvtools.fileio.write_bytes_atomic` (a fsynced temporary file
+    in the same folder, renamed over ``path``): a crash leaves either the old file or the new
+    one, never a torn one. ``payload["format"]`` is set to :data:`FORMAT` when missing.
     """
     path = Path(path)
     payload = dict(payload)
@@ -55,53 +45,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     write_bytes_atomic(path, buffer.getvalue())
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if _crash_requested(path):
-                handle.write(data[: len(data) // 2])
-                handle.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _crash_requested(path: Path) -> bool:
-    """True when the :data:`CRASH_ENV` test hook asks to die during this checkpoint write."""
-    global _pt_writes
-    spec = os.environ.get(CRASH_ENV, "")
-    if not spec.startswith("checkpoint-write") or path.suffix != ".pt":
-        return False
-    _pt_writes += 1
-    _, _, nth = spec.partition(":")
-    return _pt_writes == (int(nth) if nth else 1)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (not supported on every platform/filesystem)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -5,13 +5,13 @@ The planning and the execution live in :mod:`harness.sweep`; this module is the 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import typer
 
 from curvtools.clirun import check_output_dir, check_output_path
+from curvtools.fileio import write_json_atomic
 
 
 def _plan_rows(plan) -> list[dict]:
@@ -132,10 +132,9 @@ def sweep(
         print(f"sweep {spec_obj.name}: {done} {len(ran)} runs, {len(failed)} failed, "
               f"{counts['finished']} were already finished")
     if json_path is not None:
-        json_path.write_text(json.dumps({"spec": spec_obj.name, "scale": scale,
-                                         "seeds": list(seed_list),
-                                         "dry_run": dry_run, "plan": _plan_rows(plan),
-                                         "ran": ran, "failed": failed}, indent=2))
+        write_json_atomic(json_path, {"spec": spec_obj.name, "scale": scale,
+                                      "seeds": list(seed_list), "dry_run": dry_run,
+                                      "plan": _plan_rows(plan), "ran": ran, "failed": failed})
     if failed:
         raise typer.Exit(1)
 

@@ -7,7 +7,6 @@ default. Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverg
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import typer
 
 from curvtools.clirun import check_output_path, require_expr
 from curvtools.errors import BadInput, check_seed
+from curvtools.fileio import json_safe, write_json_atomic
 from curvtools.progress import advance, new_progress
 
 TRAIN_PANEL = "Data"
@@ -32,9 +32,8 @@ THREAT_OPTIONS = {"steps": "steps", "restarts": "restarts", "eps_255": "eps",
 
 def _write_json(path: Path | None, payload: Any) -> None:
     """Write ``payload``; the path was checked by ``check_output_path`` before any work."""
-    if path is None:
-        return
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+    if path is not None:
+        write_json_atomic(path, json_safe(payload))
 
 
 def _parse_milestones(text: str) -> list[float] | None:
@@ -205,7 +204,8 @@ def train_command(
 
 def eval_command(
     ctx: typer.Context,
-    ckpt: Annotated[Path, typer.Option(help="Checkpoint (best.pt, last.pt, epoch_NNNN.pt).")],
+    ckpt: Annotated[Path, typer.Option(help="Checkpoint (best.pt, last.pt, epoch_NNNN.pt), or "
+                                            "a run directory (its last.pt).")],
     n: Annotated[int | None, typer.Option(help="Test images (class-balanced subset; "
                                                "default all).")] = None,
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
@@ -231,6 +231,12 @@ def eval_command(
 ) -> None:
     """Clean and robust test accuracy of a checkpoint (PGD-20, 5 restarts by default)."""
     check_seed("--seed", seed)
+    from curvtools.checkpoint_paths import resolve_checkpoints
+
+    choice = resolve_checkpoints(ckpt, "--ckpt", series=False)
+    if choice.note:
+        print(choice.note, file=sys.stderr)
+    ckpt = choice.paths[0]
     check_output_path("--json", json_path, inputs=[ckpt], run_dirs=[ckpt.parent])
     from harness.evaluate import evaluate_checkpoint
 

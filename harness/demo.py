@@ -44,7 +44,7 @@ DEMO_EVAL_STEPS = 10
 
 def activation_curvature(act) -> tuple[float | None, str]:
     """(curvature, how it was obtained) from ``curvtools.symbolic``."""
-    from curvtools.symbolic import curvature
+    from curvtools.certified import curvature
 
     try:
         result = curvature(act)

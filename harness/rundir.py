@@ -38,12 +38,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    from harness.checkpoint import write_bytes_atomic
-
-    write_bytes_atomic(path, text.encode())
-
-
 def append_metrics(path: Path, row: dict) -> None:
     with open(path, "a") as handle:
         handle.write(json.dumps(row) + "\n")

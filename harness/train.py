@@ -49,6 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from curvtools.checks import is_int
+from curvtools.fileio import write_text_atomic
 from curvtools.runfiles import read_metrics
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.config import TrainConfig
@@ -70,7 +71,6 @@ from harness.rundir import (
     prepare_out_dir,
     remove_stale_temp_files,
     run_record,
-    write_text_atomic,
 )
 from harness.runtime import autocast_dtype_for, resolve_channels_last, resolve_device
 from harness.step import build_engine, run_epoch

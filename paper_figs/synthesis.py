@@ -4,7 +4,7 @@ Over every CIFAR-10 run that exists at the scale (Tables 1-3 and the curvature s
 seed a point), the robust and standard generalization gap (train minus test accuracy, at the
 last epoch and at the best-validation epoch) and the input-Hessian lambda_max (the last value
 measured) are set against the activation's curvature: the certified max f'' from
-``curvtools.symbolic.curvature`` for smooth activations, the paper's |1 - k| for LeakyReLU
+``curvtools.certified.curvature`` for smooth activations, the paper's |1 - k| for LeakyReLU
 (ReLU = LeakyReLU with k = 0: curvature 1). For each it reports Spearman's rank correlation and a
 bootstrap 95% confidence interval (runs resampled with replacement, fixed seed), over all runs
 and over the runs that fitted the training set (not ``underfit``: a run that never fits has a
@@ -78,7 +78,7 @@ def curvature_of(act: str, params: dict[str, float]) -> float:
     if act == "leakyrelu":
         return abs(1.0 - params.get("k", 0.0))
     from curvtools.activations import resolve
-    from curvtools.symbolic import curvature
+    from curvtools.certified import curvature
 
     return float(curvature(resolve(act, **params)).max_value)
 

@@ -105,7 +105,9 @@ CASES = [
     ("lemma-zero-steps", "curvtools", LEMMA + ["--steps", "0"], "--steps"),
     ("lemma-zero-restarts", "curvtools", LEMMA + ["--restarts", "0"], "--restarts"),
     ("lemma-zero-bisect-steps", "curvtools", LEMMA + ["--bisect-steps", "0"], "--bisect-steps"),
-    ("lemma-ckpt-is-a-folder", "curvtools", ["lemma", "--ckpt", "{P}/run"], "run"),
+    # a run directory stands for its last.pt (the one --ckpt rule); a folder without one is refused
+    ("lemma-ckpt-is-a-folder", "curvtools", ["lemma", "--ckpt", "{P}/empty"], "empty"),
+    ("eval-ckpt-is-a-folder", "harness", ["eval", "--ckpt", "{P}/empty"], "empty"),
     ("lemma-json-in-missing-folder", "curvtools", LEMMA + ["--json", "{P}/no/l.json"], "folder"),
     # curvtools curvature / twolayer (activation registry through the CLI)
     ("curvature-unknown-activation", "curvtools", ["curvature", "--act", "swishy"], "swishy"),

@@ -9,10 +9,11 @@ import time
 import pytest
 
 from curvtools.activations import resolve
+from curvtools.certified import curvature
 from curvtools.certified_data import TABLE
 from curvtools.certified_table import DEFAULT_TOL, key, lookup, table_activations
 from curvtools.cli_theory import DEFAULT_TOL as CLI_DEFAULT_TOL
-from curvtools.symbolic import compute_curvature, curvature
+from curvtools.symbolic import compute_curvature
 
 
 def test_table_covers_every_builtin_and_the_papers_pswish_betas():

@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("curvtools", "harness", "paper_figs")
 # curvtools modules that rebuild trained models from checkpoints: they may import harness, but
 # only inside functions (importing the module itself must not load harness)
-CURVTOOLS_MODEL_COMMANDS = ("curvtools.cli_hessian", "curvtools.cli_lemma",
-                            "curvtools.cli_spectra", "curvtools.spectra_data")
+CURVTOOLS_MODEL_COMMANDS = ("curvtools.cli_hessian", "curvtools.cli_lemma", "curvtools.testset")
 
 
 def _module_name(path: Path) -> str:

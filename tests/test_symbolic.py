@@ -8,8 +8,9 @@ import pytest
 import sympy as sp
 
 from curvtools.activations import resolve, symbol_x
+from curvtools.certified import curvature
 from curvtools.interval import interval_function
-from curvtools.symbolic import Piece, certified_extremum, curvature, derivatives
+from curvtools.symbolic import Piece, certified_extremum, derivatives
 
 SMOOTH = [("lisht", {}), ("gelu", {}), ("mish", {}), ("silu", {}), ("tanh", {}),
           ("softplus", {"beta": 1.0}), ("pswish", {"beta": 2.0}), ("elu", {"alpha": 1.5}),

@@ -36,7 +36,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -44,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from curvtools.errors import BadInput
+from curvtools.fileio import write_json_atomic
 
 PAPER_SCALE = "paper"
 
@@ -309,7 +309,5 @@ def write_manifest(spec: Spec, runs_dir: str | Path, scale: str, seeds: Sequence
     except (OSError, ValueError, AttributeError):
         pass
     all_seeds = sorted(set(earlier) | set(seeds))
-    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")  # sweeps side by side: one each
-    tmp.write_text(json.dumps(manifest(spec, scale, all_seeds, overrides), indent=2) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, manifest(spec, scale, all_seeds, overrides))
     return path
