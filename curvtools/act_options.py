@@ -21,6 +21,7 @@ from typing import Any
 import typer
 
 from curvtools.activations import REGISTRY, format_value
+from curvtools.errors import BadInput
 
 
 def activation_parameters() -> dict[str, tuple[type, str]]:
@@ -45,9 +46,25 @@ def activation_parameters() -> dict[str, tuple[type, str]]:
     return {name: (kinds[name], "; ".join(helps[name])) for name in kinds}
 
 
+def parse_act_params(pairs: list[str] | None) -> dict[str, Any]:
+    """``["b=2", "mode=fast"]`` (``--act-param``, for a plugin's own parameters) ->
+    ``{"b": 2.0, "mode": "fast"}``: numbers become floats, the rest stay strings."""
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise BadInput(f"--act-param {pair!r} must be NAME=VALUE, e.g. --act-param b=4")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            out[name.strip()] = value
+    return out
+
+
 def with_activation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give ``command`` (which takes ``act_params: dict``, the given values, None where not
-    given) one typer option per activation parameter, inserted after its ``act`` option."""
+    given) one typer option per activation parameter, inserted after its ``act`` option, plus
+    ``--act-param NAME=VALUE`` (repeatable) for parameters of plugin activations."""
     params = activation_parameters()
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
            if p.name != "act_params"]
@@ -55,6 +72,10 @@ def with_activation_options(command: Callable[..., Any]) -> Callable[..., Any]:
                                default=typer.Option(None, f"--{name}", help=help_text),
                                annotation=kind | None)
              for name, (kind, help_text) in params.items()]
+    added.append(inspect.Parameter(
+        "act_param", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
+        default=typer.Option(None, "--act-param", help="NAME=VALUE: a parameter of a plugin "
+                                                       "activation (repeatable).")))
     at = next((i + 1 for i, p in enumerate(own) if p.name == "act"), 0)
     ordered = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[:at]] + added + \
         [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[at:]]
@@ -62,7 +83,11 @@ def with_activation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
         act_params = {name: kwargs.pop(name) for name in params}
-        return command(act_params=act_params, **kwargs)
+        extra = parse_act_params(kwargs.pop("act_param"))
+        twice = sorted(k for k in extra if act_params.get(k) is not None)
+        if twice:
+            raise BadInput(f"--act-param {twice[0]}=... repeats --{twice[0]}; give it once")
+        return command(act_params=act_params | extra, **kwargs)
 
     del wrapper.__wrapped__  # typer must see the new signature, not the wrapped one
     wrapper.__signature__ = inspect.Signature(ordered)

@@ -28,6 +28,7 @@ from typing import Any
 
 from curvtools.checks import is_number
 from curvtools.errors import BadInput
+from curvtools.plugins import ACTIVATION_GROUP, from_entry_points, is_reference, load_reference
 from curvtools.user_expr import check_user_expr, parse_user_expression, symbol_x
 
 __all__ = ["Activation", "ActivationSpec", "BadInput", "ParamSpec", "REGISTRY", "builtin_names",
@@ -83,6 +84,9 @@ class Activation:
 
     spec: ActivationSpec
     params: Mapping[str, Any]
+    # a plugin's name as the user gave it ("mypkg.acts:SQUAREPLUS" or an entry-point name):
+    # what config() records, so that the run is rebuilt from the same plugin
+    source: str | None = None
 
     @property
     def name(self) -> str:
@@ -102,7 +106,7 @@ class Activation:
 
     def config(self) -> dict[str, Any]:
         """JSON-able dict that :func:`from_config` turns back into this activation."""
-        return {"name": self.name, "params": dict(self.params)}
+        return {"name": self.source or self.name, "params": dict(self.params)}
 
     def expr(self):
         """The sympy expression f(x) (x is ``sympy.Symbol('x', real=True)``)."""
@@ -329,10 +333,7 @@ def resolve(name: str, **given: Any) -> Activation:
     options through); missing ones take their defaults. Raises :class:`BadInput` with one line
     naming the problem and what is allowed.
     """
-    key = name.strip().lower()
-    if key not in REGISTRY:
-        raise BadInput(f"unknown activation {name!r}; known: {', '.join(names())}")
-    spec = REGISTRY[key]
+    spec, source = _lookup(name)
     allowed = {p.name: p for p in spec.params}
     params: dict[str, Any] = {}
     for pname, value in given.items():
@@ -361,7 +362,22 @@ def resolve(name: str, **given: Any) -> Activation:
         if problem:
             raise BadInput(f"{spec.name}: {p.name}={format_value(value)} {problem} ({p.help})")
         params[p.name] = value
-    return Activation(spec, params)
+    return Activation(spec, params, source)
+
+
+def _lookup(name: str) -> tuple[ActivationSpec, str | None]:
+    """The spec of a registered name, a ``module:ATTRIBUTE`` plugin or an entry-point plugin
+    (:mod:`curvtools.plugins`), and the plugin name to record (None for built-ins)."""
+    text = str(name).strip()
+    if text.lower() in REGISTRY:
+        return REGISTRY[text.lower()], None
+    if is_reference(text):
+        return load_reference(text, ActivationSpec, "activation"), text
+    plugin = from_entry_points(ACTIVATION_GROUP, text.lower(), ActivationSpec, "activation")
+    if plugin is not None:
+        return plugin, text.lower()
+    raise BadInput(f"unknown activation {name!r}; known: {', '.join(names())}, or a plugin "
+                   f"(module:ATTRIBUTE naming an ActivationSpec)")
 
 
 def from_config(config: Mapping[str, Any]) -> Activation:

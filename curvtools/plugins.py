@@ -52,9 +52,10 @@ def load_reference(reference: str, expected: type, what: str) -> Any:
             raise BadInput(f"{what} {reference!r}: module {module_name!r} has no {attribute!r}")
         obj = getattr(obj, part)
     if not isinstance(obj, expected):
-        raise BadInput(f"{what} {reference!r} is a {type(obj).__name__}, not a "
-                       f"{expected.__name__} (a plugin names a registry entry, never a "
-                       f"function to call)")
+        kind = expected.__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise BadInput(f"{what} {reference!r} is a {type(obj).__name__}, not {article} {kind} "
+                       f"(a plugin names a registry entry, never a function to call)")
     return obj
 
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from curvtools.act_options import activation_parameters, with_activation_options
 from curvtools.clirun import check_output_path, require_expr
 from curvtools.errors import BadInput, check_seed
 from curvtools.fileio import json_safe, write_json_atomic
@@ -77,6 +78,7 @@ def _resume_settings(out: Path, given: dict[str, Any], explicit: set[str]) -> di
     return stored | {k: v for k, v in given.items() if k in explicit}
 
 
+@with_activation_options
 def train_command(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="cifar10, cifar100, imagefolder:PATH (train/ and "
@@ -102,12 +104,6 @@ def train_command(
     act: Annotated[str, typer.Option(help="Activation name from the registry "
                                           "(`curvtools curvature --act all` lists the "
                                           "built-in ones; expr needs --expr).")] = "relu",
-    k: Annotated[float | None, typer.Option(help="LeakyReLU negative slope.")] = None,
-    beta: Annotated[float | None, typer.Option(help="PSwish/Softplus beta.")] = None,
-    alpha: Annotated[float | None, typer.Option(help="ELU alpha (activation parameter; the "
-                                                     "PGD step is --alpha-255).")] = None,
-    expr: Annotated[str | None, typer.Option(help="User activation for --act expr, "
-                                                  "e.g. 'x*tanh(x)'.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
     eval_batch_size: Annotated[int, typer.Option(help="Batch size of per-epoch evaluation.")
@@ -166,25 +162,33 @@ def train_command(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the final metrics "
                                                                   "row and run info as JSON.")
                          ] = None,
+    *,
+    act_params: dict[str, Any],
 ) -> None:
     """PGD adversarial training (the paper's protocol by default) into a run directory."""
     check_seed("--seed", seed)
     check_seed("--split-seed", split_seed)
-    require_expr(act, expr)
+    require_expr(act, act_params.get("expr"))
+    act_params = {k: v for k, v in act_params.items() if v is not None}
     from harness.config import TrainConfig
     from harness.datasets import absolute_data_settings
     from harness.distributed import context_from_env
     from harness.train import TrainingDiverged, run_training
 
+    typed = {*activation_parameters(), "act_param"}  # the activation's options
     given = {name: value for name, value in ctx.params.items()
-             if name not in ("out", "resume", "overwrite", "progress", "json_path")}
+             if name not in ("out", "resume", "overwrite", "progress", "json_path", *typed)}
+    given["act_params"] = act_params
     given["lr_milestones"] = _parse_milestones(lr_milestones)
     given = absolute_data_settings(given)  # the run must find its data from any directory
     if out is None:
         label = TrainConfig.from_dict(given).activation().label
         out = Path("runs") / default_run_name(label, dataset)
     check_output_path("--json", json_path, run_dirs=[out], made_folders=[out])
-    settings = _resume_settings(out, given, _explicit_options(ctx)) if resume else given
+    explicit = _explicit_options(ctx)
+    if explicit & typed:
+        explicit.add("act_params")
+    settings = _resume_settings(out, given, explicit) if resume else given
     cfg = TrainConfig.from_dict(settings)
     try:
         rows = run_training(cfg, out, resume=resume, overwrite=overwrite, progress=progress,

@@ -141,8 +141,10 @@ def check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any], epochs_done
         if passed != [m for m in cfg.milestones() if m <= epochs_done]:
             raise BadInput(
                 f"--resume: epochs={cfg.epochs} moves the auto learning-rate milestones to "
-                f"{cfg.milestones()}, but the {epochs_done} epochs trained already passed "
-                f"{passed}; keep epochs={stored['epochs']} or start a new run")
+                f"{cfg.milestones()}, but the {epochs_done} epoch"
+                f"{'' if epochs_done == 1 else 's'} trained already passed {passed}; keep "
+                f"epochs={stored['epochs']} or start a new run (a run trained with fixed "
+                f"--lr-milestones can be extended)")
 
 
 def checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dict,

@@ -23,7 +23,8 @@ import torch
 
 from curvtools.activations import resolve
 from curvtools.errors import BadInput
-from harness.checkpoint import CRASH_ENV, FORMAT, load_checkpoint, load_model, save_checkpoint
+from curvtools.fileio import CRASH_ENV
+from harness.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
 from harness.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -413,7 +414,7 @@ def test_disk_full_after_epoch_1_stops_the_run_and_keeps_epoch_1_checkpoints(
     """Simulated: after epoch 1 every fsync (or every creation of a temporary file) fails with
     ENOSPC, as on a full disk. Running as root, chmod cannot make a folder unwritable, and no
     small tmpfs is available, so the failure is injected at the os level in-process."""
-    import harness.checkpoint as checkpoint_module
+    import curvtools.fileio as checkpoint_module
     from curvtools.runfiles import read_metrics
     from harness.train import run_training
 
@@ -499,7 +500,7 @@ def test_harness_train_that_diverges_exits_3_with_one_line(tmp_path, capsys):
 def test_harness_train_on_a_full_disk_exits_1_with_one_line_and_keeps_epoch_1(
         tmp_path, monkeypatch, capsys):
     """The CLI's view of a disk that fills up in epoch 2: one ``error:`` line, no traceback."""
-    import harness.checkpoint as checkpoint_module
+    import curvtools.fileio as checkpoint_module
 
     main = _harness_train_or_skip()
     out = tmp_path / "run"
