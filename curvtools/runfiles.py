@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from curvtools.checks import is_int
+
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "DONE")
 # Held (flock) by the process training in a run directory; never part of the run's files
 RUN_LOCK = ".lock"
@@ -31,6 +33,6 @@ def read_epochs(path: Path) -> list[dict]:
     by_epoch: dict[int, dict] = {}
     for row in read_metrics(path):
         epoch = row.get("epoch")
-        if isinstance(epoch, int) and not isinstance(epoch, bool):
+        if is_int(epoch):
             by_epoch[epoch] = row
     return [by_epoch[e] for e in sorted(by_epoch)]

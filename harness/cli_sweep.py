@@ -58,7 +58,9 @@ def sweep(
                                    "them (default: return after submitting)."),
     data: str = typer.Option(None, "--data",
                              help="Override every run's dataset, e.g. "
-                                  "imagefolder:/data/cifar10-jpg or cifar10."),
+                                  "imagefolder:/data/cifar10-jpg or cifar10 (a relative PATH "
+                                  "is from the current folder; the bundled specs' own paths "
+                                  "are from the repository root)."),
     data_dir: str = typer.Option(None, "--data-dir",
                                  help="Override every run's data_dir (download/cache folder)."),
     set_: list[str] = typer.Option(None, "--set",

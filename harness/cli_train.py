@@ -82,7 +82,8 @@ def _resume_settings(out: Path, given: dict[str, Any], explicit: set[str]) -> di
 def train_command(
     ctx: typer.Context,
     dataset: Annotated[str, typer.Option(help="cifar10, cifar100, imagefolder:PATH (train/ and "
-                                              "test/ subfolders) or digits (offline).")
+                                              "test/ subfolders; a relative PATH is from the "
+                                              "current folder) or digits (offline).")
                        ] = "cifar10",
     data_dir: Annotated[str, typer.Option(help="Where torchvision keeps/downloads CIFAR.")
                         ] = "data",
@@ -254,7 +255,7 @@ def eval_command(
             on_start=bar.start, on_batch=bar.step)
     print(f"{ckpt} (epoch {result['epoch']}), {result['n']} test images: clean "
           f"{100 * result['clean_acc']:.2f}%, robust {100 * result['robust_acc']:.2f}% "
-          f"[{bar.what}, {result['seconds']:.1f}s]")
+          f"[{bar.what}, {result['precision']}, {result['seconds']:.1f}s]")
     _write_json(json_path, result)
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from curvtools.checks import is_int
 from curvtools.errors import BadInput
 from harness.sources import INV_255, as_index_array
 
@@ -36,7 +37,7 @@ def split_train_val(num_train: int, val_fraction: float = 0.1,
     numpy version); its first ``round(val_fraction * num_train)`` entries are the validation set.
     ``split_train_val(50000)`` gives 45,000 / 5,000.
     """
-    if isinstance(num_train, bool) or int(num_train) != num_train or num_train < 2:
+    if not is_int(num_train) or num_train < 2:
         raise BadInput(f"number of training images {num_train!r} must be an integer >= 2")
     if not 0.0 <= val_fraction < 1.0:
         raise BadInput(f"validation fraction {val_fraction!r} must be in [0, 1)")
@@ -56,7 +57,7 @@ def stratified_subset(labels, indices, n: int, seed: int) -> np.ndarray:
     """
     labels = np.asarray(labels, dtype=np.int64)
     indices = as_index_array(indices, len(labels))
-    if isinstance(n, bool) or int(n) != n:
+    if not is_int(n):
         raise BadInput(f"subset size {n!r} must be an integer")
     n = int(n)
     classes = np.unique(labels[indices])

@@ -25,7 +25,8 @@ What data parallel means here, and why the result equals one process with the sa
   never uses ``early_stop``). The attack also runs on the plain module (not the DDP wrapper):
   its input gradients need no weight-gradient reduction.
 * Evaluation: each rank evaluates rows ``r::world_size`` of every evaluation batch (same
-  random starts as one process, as above) and the sums are all-reduced (:func:`evaluate_sharded`).
+  random starts as one process, as above) and the sums are all-reduced
+  (:func:`harness.evaluate.evaluate_sharded`).
   Chosen over "rank 0 evaluates everything" because evaluation is about a third of an epoch's
   work: on 8 GPUs rank 0 alone would take longer to evaluate than all ranks take to train.
 * Files: only rank 0 writes (``DistContext.is_main``); every rank reads ``last.pt`` to resume.
@@ -42,9 +43,7 @@ import atexit
 import datetime
 import inspect
 import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -303,54 +302,3 @@ def wrap_model(net: nn.Module, ctx: DistContext, device: torch.device,
                 in inspect.signature(ddp_class.__init__).parameters else "broadcast_buffers")
     ddp = ddp_class(net, device_ids=device_ids, **{sync_key: not sync_bn})
     return net, ddp
-
-
-# --- sharded evaluation --------------------------------------------------------------------------
-
-
-class _RowShards:
-    """Rows ``rank::world_size`` of every in-order evaluation batch; remembers the batch size."""
-
-    def __init__(self, batches: Any, ctx: DistContext):
-        self.batches, self.ctx = batches, ctx
-        self.batch_rows = 0
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        whole = self.batches.in_order() if hasattr(self.batches, "in_order") else self.batches
-        for x, y in whole:
-            self.batch_rows = int(y.shape[0])
-            yield x[self.ctx.rank::self.ctx.world_size], y[self.ctx.rank::self.ctx.world_size]
-
-
-def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, attack: Any, *,
-                     generator: torch.Generator | None = None,
-                     autocast_dtype: torch.dtype | None = None,
-                     on_batch: Callable[[], None] | None = None,
-                     graph_cache: dict | None = None) -> dict[str, float]:
-    """``harness.evaluate.evaluate_robust`` split over ranks, with the same result.
-
-    Every rank holds the whole set; rank ``r`` evaluates rows ``r::world_size`` of each batch,
-    attacking (``attack``, from :func:`harness.attacks.make_attack`) with the random starts one
-    process would draw for that batch, and the loss and correct-count sums are all-reduced.
-    Returns ``{"clean_loss", "clean_acc", "robust_loss", "robust_acc", "n"}`` over the whole
-    set, identical on every rank. Rank 0's BatchNorm running statistics are broadcast first so
-    all ranks evaluate the model that is saved.
-    """
-    from harness.evaluate import evaluate_robust
-
-    if not ctx.enabled:
-        return evaluate_robust(model, batches, attack, generator=generator,
-                               autocast_dtype=autocast_dtype, on_batch=on_batch,
-                               graph_cache=graph_cache)
-    broadcast_buffers(model, ctx)
-    shards = _RowShards(batches, ctx)
-    local = evaluate_robust(model, shards, attack, generator=generator,
-                            autocast_dtype=autocast_dtype, on_batch=on_batch,
-                            rows_of_batch=lambda: (ctx.rank, ctx.world_size, shards.batch_rows))
-    keys = ("clean_loss", "clean_acc", "robust_loss", "robust_acc")
-    device = next(model.parameters()).device
-    sums = torch.tensor([local[k] * local["n"] for k in keys] + [local["n"]],
-                        dtype=torch.float64, device=device)
-    sums = all_reduce_sum(sums, ctx).tolist()
-    n = sums[-1]
-    return {**{k: s / n for k, s in zip(keys, sums[:-1], strict=True)}, "n": int(round(n))}

@@ -19,7 +19,7 @@ import functools
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curvtools.checks import is_int, is_number
 from curvtools.errors import SEED_LIMIT, BadInput, check_seed
 from harness.attacks import (
     Attack,
@@ -38,6 +39,7 @@ from harness.attacks import (
     reporting_restarts,
     uses_batch_statistics,
 )
+from harness.distributed import DistContext, all_reduce_sum, broadcast_buffers
 
 # More than this share of examples with an exactly zero input gradient means a gradient attack
 # cannot move them (sign(0) = 0): robust accuracy is then an overestimate (gradient masking).
@@ -155,6 +157,55 @@ def evaluate_robust(model: nn.Module, batches: Any, attack: Attack, *,
             "robust_acc": robust_acc, "n": n, "zero_grad_share": zero_grad_share}
 
 
+# --- data parallel: sharded evaluation ----------------------------------------------------------
+
+
+class _RowShards:
+    """Rows ``rank::world_size`` of every in-order evaluation batch; remembers the batch size."""
+
+    def __init__(self, batches: Any, ctx: DistContext):
+        self.batches, self.ctx = batches, ctx
+        self.batch_rows = 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        whole = self.batches.in_order() if hasattr(self.batches, "in_order") else self.batches
+        for x, y in whole:
+            self.batch_rows = int(y.shape[0])
+            yield x[self.ctx.rank::self.ctx.world_size], y[self.ctx.rank::self.ctx.world_size]
+
+
+def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, attack: Any, *,
+                     generator: torch.Generator | None = None,
+                     autocast_dtype: torch.dtype | None = None,
+                     on_batch: Callable[[], None] | None = None,
+                     graph_cache: dict | None = None) -> dict[str, float]:
+    """``harness.evaluate.evaluate_robust`` split over ranks, with the same result.
+
+    Every rank holds the whole set; rank ``r`` evaluates rows ``r::world_size`` of each batch,
+    attacking (``attack``, from :func:`harness.attacks.make_attack`) with the random starts one
+    process would draw for that batch, and the loss and correct-count sums are all-reduced.
+    Returns ``{"clean_loss", "clean_acc", "robust_loss", "robust_acc", "n"}`` over the whole
+    set, identical on every rank. Rank 0's BatchNorm running statistics are broadcast first so
+    all ranks evaluate the model that is saved.
+    """
+    if not ctx.enabled:
+        return evaluate_robust(model, batches, attack, generator=generator,
+                               autocast_dtype=autocast_dtype, on_batch=on_batch,
+                               graph_cache=graph_cache)
+    broadcast_buffers(model, ctx)
+    shards = _RowShards(batches, ctx)
+    local = evaluate_robust(model, shards, attack, generator=generator,
+                            autocast_dtype=autocast_dtype, on_batch=on_batch,
+                            rows_of_batch=lambda: (ctx.rank, ctx.world_size, shards.batch_rows))
+    keys = ("clean_loss", "clean_acc", "robust_loss", "robust_acc")
+    device = next(model.parameters()).device
+    sums = torch.tensor([local[k] * local["n"] for k in keys] + [local["n"]],
+                        dtype=torch.float64, device=device)
+    sums = all_reduce_sum(sums, ctx).tolist()
+    n = sums[-1]
+    return {**{k: s / n for k, s in zip(keys, sums[:-1], strict=True)}, "n": int(round(n))}
+
+
 def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 20,
                         restarts: int | None = None, eps_255: float | None = None,
                         alpha_255: float | None = None, norm: str | None = None,
@@ -240,8 +291,7 @@ def _run_data_settings(train_config: Mapping[str, Any]) -> dict[str, Any]:
         "dataset": (out["dataset"] is None or isinstance(out["dataset"], str), "a dataset name"),
         "data_dir": (isinstance(out["data_dir"], str), "a folder path"),
         "download": (isinstance(out["download"], bool), "true or false"),
-        "split_seed": (isinstance(seed, int) and not isinstance(seed, bool)
-                       and 0 <= seed < SEED_LIMIT, "an integer in [0, 2**63)")}
+        "split_seed": (is_int(seed) and 0 <= seed < SEED_LIMIT, "an integer in [0, 2**63)")}
     for key, (ok, allowed) in problems.items():
         if not ok:
             raise BadInput(f"the checkpoint's train_config has {key}={out[key]!r}; "
@@ -265,7 +315,7 @@ def check_source_fits(source: Any, spec: str, payload: Mapping[str, Any],
     want = {"channels": int(config.get("in_channels", 3)),
             "classes": int(config.get("num_classes", 10)),
             "image size": payload.get("image_size")}
-    if not isinstance(want["image size"], int) or isinstance(want["image size"], bool):
+    if not is_int(want["image size"]):
         want["image size"] = None  # not recorded (or garbled): from the dataset name below
     if want["image size"] is None and isinstance(trained_on, str):
         key = trained_on.strip().lower()
@@ -293,7 +343,7 @@ def _run_number(given: float | None, train_config: dict, key: str, default: floa
     if given is not None:
         return given
     value = train_config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if not is_number(value):
         option = "--" + key.replace("_", "-")
         raise BadInput(f"the checkpoint's {key}={value!r} is not a number; pass {option}")
     return float(value)

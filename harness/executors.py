@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curvtools.checks import is_int, is_number
 from curvtools.errors import BadInput
 
 RESOURCE_KEYS = ("gpus", "hours", "cpus", "mem")
@@ -141,7 +142,7 @@ def visible_gpu_ids(count: int, env: Mapping[str, str] | None = None) -> list[st
     ['3', '5']
     """
     env = os.environ if env is None else env
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+    if not is_int(count) or count < 1:
         raise BadInput(f"--gpus {count!r} must be an integer >= 1")
     listed = env.get("CUDA_VISIBLE_DEVICES")
     if listed is None or listed.strip() == "":
@@ -237,7 +238,7 @@ def _positive(resources: Mapping[str, Any], key: str, integer: bool) -> float | 
     value = resources.get(key)
     if value is None:
         return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_number(value)
     if not ok or value <= 0 or (integer and int(value) != value):
         kind = "a positive integer" if integer else "a positive number"
         raise BadInput(f"resources {key}={value!r} must be {kind}")
@@ -265,7 +266,7 @@ def submitit_parameters(resources: Mapping[str, Any], *, partition: str | None =
     if gpus != 0:
         gpus = _positive({"gpus": gpus}, "gpus", integer=True)
     hours = _positive(resources, "hours", integer=False) or DEFAULT_HOURS
-    if timeout_min is not None and (isinstance(timeout_min, bool) or timeout_min < 1):
+    if timeout_min is not None and (not is_int(timeout_min) or timeout_min < 1):
         raise BadInput(f"--timeout-min {timeout_min!r} must be an integer >= 1")
     tasks = max(1, int(gpus))
     params: dict[str, Any] = {"timeout_min": int(timeout_min or math.ceil(hours * 60)),

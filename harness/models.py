@@ -48,6 +48,7 @@ from typing import Any
 import torch.nn as nn
 
 from curvtools.activations import from_config, resolve
+from curvtools.checks import is_number
 from curvtools.errors import BadInput
 from curvtools.plugins import ARCHITECTURE_GROUP, from_entry_points, is_reference, load_reference
 from harness.nets import ActFactory, Normalized, PreActResNet, ResNet, WideResNet
@@ -130,7 +131,7 @@ def _scaled(channels: Sequence[int], width: float) -> list[int]:
 
 def _number(config: Mapping[str, Any], key: str, default: Any) -> float:
     value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not is_number(value):
         raise BadInput(f"model config {key}={value!r} must be a finite number")
     return value
 

@@ -9,15 +9,12 @@ CUDA graphs, a device's printable name).
 from __future__ import annotations
 
 import platform
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from curvtools.errors import BadInput
 from harness.distributed import SINGLE, DistContext
-
-if TYPE_CHECKING:
-    from harness.config import TrainConfig
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -41,7 +38,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+def resolve_channels_last(cfg: Any, device: torch.device) -> bool:
     """The memory format a run uses: ``cfg.channels_last``, or by default on CUDA only.
 
     On CUDA for the tensor cores. Off by default on a CPU: oneDNN's NHWC convolutions made the
@@ -145,7 +142,7 @@ def allow_recompiles(limit: int = 64) -> None:
             setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
 
 
-def uses_cuda_graphs(cfg: TrainConfig, device: torch.device, dist: DistContext = SINGLE) -> bool:
+def uses_cuda_graphs(cfg: Any, device: torch.device, dist: DistContext = SINGLE) -> bool:
     """Whether training steps replay CUDA graphs: ``cfg.cuda_graphs``, or by default on CUDA.
 
     Not with data parallel (DDP's gradient all-reduce hooks run outside a capture). With

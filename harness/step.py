@@ -21,9 +21,9 @@ from harness.distributed import (
     SINGLE,
     DistContext,
     all_reduce_sum,
-    evaluate_sharded,
     wrap_model,
 )
+from harness.evaluate import evaluate_sharded
 from harness.runtime import (
     allow_recompiles,
     loss_scaler,

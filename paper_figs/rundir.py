@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curvtools.checks import is_int
 from curvtools.runfiles import read_epochs
 
 
@@ -188,7 +189,7 @@ def _read_eval(path: Path) -> dict[str, Any] | None:
     epoch = data.get("epoch")
     return {"robust_acc": robust, "clean_acc": clean, "attack": describe_attack(data),
             "detail": describe_eval(data), "file": path.name,
-            "epoch": epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None}
+            "epoch": epoch if is_int(epoch) else None}
 
 
 def describe_eval(data: dict[str, Any]) -> str:

@@ -148,7 +148,9 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
     # 3. Sharded evaluation (13 images in batches of 5: uneven shards) vs one process.
     eval_net = _tiny_net(seed=7).eval()
     xe, ye = _data(13, seed=4)
-    out["eval"] = hd.evaluate_sharded(
+    from harness.evaluate import evaluate_sharded
+
+    out["eval"] = evaluate_sharded(
         eval_net, _ListBatches(xe, ye, 5), ctx, _eval_attack(),
         generator=torch.Generator().manual_seed(9))
     # 4. fp16 attack-loss scale of a batch coupled across ranks: one, from all ranks' gradients

@@ -42,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from curvtools.checks import is_int
 from curvtools.errors import BadInput
 from curvtools.fileio import write_json_atomic
 
@@ -251,7 +252,7 @@ def parse_seeds(value: Any, where: str = "--seeds") -> tuple[int, ...] | None:
             raise BadInput(f"{where} {value!r}: expected integers separated by commas, "
                            "e.g. 0,1,2") from None
     if (not isinstance(value, list | tuple) or not value
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+            or not all(is_int(s) and s >= 0 for s in value)
             or len(set(value)) != len(value)):
         raise BadInput(f"{where} {value!r}: expected a non-empty list of distinct integers "
                        ">= 0, e.g. 0,1,2")
