@@ -162,19 +162,21 @@ def refuse_user_module(path: str | Path, config: Any) -> None:
         raise BadInput(user_module_message(path, config))
 
 
-def check_resume_model(stored: Any, current: Mapping[str, Any], path: Path) -> None:
-    """Resume a ``harness.fit`` run only with ``harness.fit`` and a module of the same class;
-    a registry run only with ``run_training``. BadInput (one line) otherwise."""
+def check_resume_model(stored: Any, path: Path, user_module: bool,
+                       current: Mapping[str, Any] | None = None) -> None:
+    """Resume a ``harness.fit`` run (``user_module``) only with ``harness.fit`` and a module of
+    the class it recorded (checked when ``current``, the new model config, is given); a
+    registry run only with ``run_training``. BadInput (one line) otherwise."""
     where = f"checkpoint {str(path)!r}"
-    if is_user_module_config(stored) and not is_user_module_config(current):
+    if is_user_module_config(stored) and not user_module:
         raise BadInput(f"{where} holds a model passed to harness.fit() (class "
                        f"{stored.get('class', '?')}); resume it with harness.fit(..., "
                        f"resume=True) and that module")
-    if is_user_module_config(current) and not is_user_module_config(stored):
+    if user_module and not is_user_module_config(stored):
         arch = stored.get("arch", "?") if isinstance(stored, Mapping) else "?"
         raise BadInput(f"{where} holds a registry model (arch {arch}), not one passed to "
                        f"harness.fit(); resume it with harness train --resume")
-    if is_user_module_config(current) and stored.get("class") != current.get("class"):
+    if user_module and current is not None and stored.get("class") != current.get("class"):
         raise BadInput(f"{where} holds a model of class {stored.get('class', '?')}; the module "
                        f"passed is a {current.get('class')}")
 

@@ -151,6 +151,7 @@ def _train(inputs: RunInputs, cfg: TrainConfig, out_dir: Path, resume: bool, ove
         rows = read_metrics(metrics_path)
         start_epoch, best = check_resume_payload(ckpt, out_dir / "last.pt", rows)
         check_resume_config(cfg, ckpt.get("train_config") or {}, start_epoch)
+        check_resume_model(ckpt.get("config"), out_dir / "last.pt", inputs.user_module)
     dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
     main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)
@@ -158,7 +159,8 @@ def _train(inputs: RunInputs, cfg: TrainConfig, out_dir: Path, resume: bool, ove
     data = inputs.load_data(cfg, device, channels_last, dist)  # may raise BadInput
     model_config = inputs.model_config(cfg, data)
     if ckpt is not None:
-        check_resume_model(ckpt.get("config"), model_config, out_dir / "last.pt")
+        check_resume_model(ckpt.get("config"), out_dir / "last.pt", inputs.user_module,
+                           model_config)
     engine = build_engine(cfg, model_config, device, amp, channels_last, dist, net=inputs.net)
     if ckpt is not None:
         restore_engine(engine, ckpt, out_dir / "last.pt")  # may raise BadInput: nothing written
