@@ -40,7 +40,7 @@ def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool,
     Data parallel (``dist``): this rank's training batches are ``batch_size / world_size``
     rows of each global batch (``DeviceBatches`` sharding); every rank holds val and test.
     """
-    from harness.data import DeviceBatches, split_train_val, stratified_subset
+    from harness.data import split_train_val, stratified_subset
     from harness.datasets import open_source
 
     source = open_source(cfg.dataset, cfg.data_dir, cfg.download)
@@ -62,26 +62,50 @@ def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool,
         raise BadInput(f"val_fraction={cfg.val_fraction} of {len(train_labels)} training images "
                        f"leaves no training image; allowed: less than "
                        f"1 - 0.5/{len(train_labels)}")
-    if cfg.batch_size > len(train_idx):
-        raise BadInput(f"batch_size={cfg.batch_size} is larger than the training set "
-                       f"({len(train_idx)} images)")
-    rank_batch = per_rank_batch(cfg.batch_size, dist)
-    # A last batch of one image breaks train-mode BatchNorm; drop it in that case only.
-    drop_last = (len(train_idx) // dist.world_size) % rank_batch == 1
-
-    def batches(part, idx, labels, size, drop, rank=0, world_size=1):
-        return DeviceBatches(source.images(part, idx), labels[idx], device, batch_size=size,
-                             drop_last=drop, channels_last=channels_last, rank=rank,
-                             world_size=world_size)
-
+    check_batch_size(cfg, len(train_idx))
+    train, val, test = device_batches(
+        cfg, device, channels_last, dist,
+        train=(source.images("train", train_idx), train_labels[train_idx]),
+        val=(source.images("train", val_idx), train_labels[val_idx]),
+        test=(source.images("test", test_idx), test_labels[test_idx]))
     return RunData(
         source_info=source.info(), num_classes=source.num_classes,
         in_channels=source.in_channels, mean=tuple(source.mean), std=tuple(source.std),
-        train=batches("train", train_idx, train_labels, rank_batch, drop_last, dist.rank,
-                      dist.world_size),
-        val=batches("train", val_idx, train_labels, cfg.eval_batch_size, False),
-        test=batches("test", test_idx, test_labels, cfg.eval_batch_size, False),
+        train=train, val=val, test=test,
         indices={"train": train_idx, "val": val_idx, "test": test_idx})
+
+
+def check_batch_size(cfg: TrainConfig, num_train: int) -> None:
+    """BadInput when a training batch would be larger than the training set."""
+    if cfg.batch_size > num_train:
+        raise BadInput(f"batch_size={cfg.batch_size} is larger than the training set "
+                       f"({num_train} images)")
+
+
+Part = tuple[Any, Any]  # (uint8 images [N, C, H, W], int labels [N])
+
+
+def device_batches(cfg: TrainConfig, device: torch.device, channels_last: bool,
+                   dist: DistContext, *, train: Part, val: Part, test: Part) -> tuple[Any, ...]:
+    """``(train, val, test)`` :class:`harness.data.DeviceBatches` of a run, batched per ``cfg``.
+
+    Training batches are ``batch_size / world_size`` rows of each global batch on this rank
+    (``drop_last`` only where the last batch would hold one image, which breaks train-mode
+    BatchNorm); validation and test batches are ``eval_batch_size``, every rank all of them.
+    """
+    from harness.data import DeviceBatches
+
+    rank_batch = per_rank_batch(cfg.batch_size, dist)
+    # A last batch of one image breaks train-mode BatchNorm; drop it in that case only.
+    drop_last = (len(train[1]) // dist.world_size) % rank_batch == 1
+
+    def batches(part: Part, size: int, drop: bool, rank: int = 0, world_size: int = 1):
+        return DeviceBatches(part[0], part[1], device, batch_size=size, drop_last=drop,
+                             channels_last=channels_last, rank=rank, world_size=world_size)
+
+    return (batches(train, rank_batch, drop_last, dist.rank, dist.world_size),
+            batches(val, cfg.eval_batch_size, False),
+            batches(test, cfg.eval_batch_size, False))
 
 
 # --- run directory ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,49 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the last descriptor releases the flock
             self.fd = None
+
+
+# The ``arch`` of the checkpoint config of a model passed to ``harness.fit``: no registered
+# architecture, so nothing rebuilds it from the checkpoint alone.
+USER_MODULE_ARCH = "user-module"
+
+
+def is_user_module_config(config: Any) -> bool:
+    """True for the checkpoint ``config`` of a model trained by ``harness.fit``."""
+    return isinstance(config, Mapping) and config.get("arch") == USER_MODULE_ARCH
+
+
+def user_module_message(path: str | Path, config: Mapping[str, Any]) -> str:
+    """The one line refusing to rebuild a ``harness.fit`` model from checkpoint ``path``."""
+    return (f"checkpoint {str(path)!r} holds a model passed to harness.fit() (class "
+            f"{config.get('class', '?')}): load its state_dict into that module in Python, or "
+            f"register the architecture as a plugin")
+
+
+def refuse_user_module(path: str | Path, config: Any) -> None:
+    """BadInput (:func:`user_module_message`) when ``config`` is a ``harness.fit`` model's:
+    the check of every function that rebuilds a model from a checkpoint config."""
+    if is_user_module_config(config):
+        raise BadInput(user_module_message(path, config))
+
+
+def check_resume_model(stored: Any, path: Path, user_module: bool,
+                       current: Mapping[str, Any] | None = None) -> None:
+    """Resume a ``harness.fit`` run (``user_module``) only with ``harness.fit`` and a module of
+    the class it recorded (checked when ``current``, the new model config, is given); a
+    registry run only with ``run_training``. BadInput (one line) otherwise."""
+    where = f"checkpoint {str(path)!r}"
+    if is_user_module_config(stored) and not user_module:
+        raise BadInput(f"{where} holds a model passed to harness.fit() (class "
+                       f"{stored.get('class', '?')}); resume it with harness.fit(..., "
+                       f"resume=True) and that module")
+    if user_module and not is_user_module_config(stored):
+        arch = stored.get("arch", "?") if isinstance(stored, Mapping) else "?"
+        raise BadInput(f"{where} holds a registry model (arch {arch}), not one passed to "
+                       f"harness.fit(); resume it with harness train --resume")
+    if user_module and current is not None and stored.get("class") != current.get("class"):
+        raise BadInput(f"{where} holds a model of class {stored.get('class', '?')}; the module "
+                       f"passed is a {current.get('class')}")
 
 
 def model_config_for(cfg: TrainConfig, data: RunData) -> dict[str, Any]:

@@ -275,11 +275,19 @@ def hessian_summary(net: nn.Module, batches, n: int) -> dict[str, float]:
 
 def build_engine(cfg: TrainConfig, model_config: dict, device: torch.device,
                   amp: torch.dtype | None, channels_last: bool,
-                  dist: DistContext = SINGLE) -> Engine:
-    from harness.models import build_model
+                  dist: DistContext = SINGLE, *, net: nn.Module | None = None) -> Engine:
+    """The engine of a run: the model on ``device``, maybe compiled and data parallel, and SGD.
 
+    ``net``: a model built by the caller (``harness.fit``); None builds ``model_config`` with
+    :func:`harness.models.build_model`, initialized from ``cfg.seed``. Either way the global
+    RNG is seeded from ``cfg.seed`` first (a given ``net`` keeps its weights).
+    """
     torch.manual_seed(cfg.seed)
-    net = build_model(model_config).to(device)
+    if net is None:
+        from harness.models import build_model
+
+        net = build_model(model_config)
+    net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     net, ddp = wrap_model(net, dist, device, sync_bn=cfg.sync_bn)  # (net, net) in 1 process

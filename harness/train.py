@@ -45,8 +45,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from curvtools.checks import is_int
 from curvtools.fileio import write_text_atomic
@@ -61,10 +63,11 @@ from harness.resume import (
     checkpoint_payload,
     restore_engine,
 )
-from harness.run_data import load_run_data
+from harness.run_data import RunData, load_run_data
 from harness.rundir import (
     RunLock,
     append_metrics,
+    check_resume_model,
     clear_run_files,
     model_config_for,
     no_write,
@@ -80,6 +83,30 @@ class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the CLI exits with code 3."""
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """Where a run's data and model come from; the protocol around them is the same.
+
+    ``load_data(cfg, device, channels_last, dist)`` returns the run's
+    :class:`~harness.run_data.RunData`; ``model_config(cfg, data)`` the JSON-able ``config`` of
+    its checkpoints; ``net`` is the model to train, or None to build ``model_config`` with
+    :func:`harness.models.build_model`. ``record`` is merged into ``config.json``.
+    :data:`REGISTRY_INPUTS` (:func:`run_training`): the dataset and architecture registries;
+    ``harness.fitting.fit``: a user's module and tensors.
+    """
+
+    load_data: Callable[..., RunData] = load_run_data
+    model_config: Callable[[TrainConfig, RunData], dict] = model_config_for
+    net: Any = None  # torch.nn.Module | None
+    record: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def user_module(self) -> bool:
+        return self.net is not None
+
+
+REGISTRY_INPUTS = RunInputs()
+
 
 def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, progress: bool = True,
@@ -93,6 +120,14 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
     ``last.pt`` then hold the last good epoch). ``progress`` shows a rich progress bar and
     prints one summary line per epoch (``log`` receives the same lines when given).
     """
+    return train_with(REGISTRY_INPUTS, cfg, out_dir, resume=resume, overwrite=overwrite,
+                      progress=progress, log=log)
+
+
+def train_with(inputs: RunInputs, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
+               overwrite: bool = False, progress: bool = True,
+               log: Callable[[str], None] | None = None) -> list[dict]:
+    """:func:`run_training` with the data and model of ``inputs`` (see :class:`RunInputs`)."""
     cfg.validate()
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir, resume, overwrite)
@@ -101,11 +136,11 @@ def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
         if out_dir.is_dir():  # an existing run: no other process may change it while we check
             lock.acquire()
             prepare_out_dir(out_dir, resume, overwrite)  # as it is now that we hold the lock
-        return _train(cfg, out_dir, resume, overwrite, progress, log, lock)
+        return _train(inputs, cfg, out_dir, resume, overwrite, progress, log, lock)
 
 
-def _train(cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progress: bool,
-           log: Callable[[str], None] | None, lock: RunLock) -> list[dict]:
+def _train(inputs: RunInputs, cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool,
+           progress: bool, log: Callable[[str], None] | None, lock: RunLock) -> list[dict]:
     """:func:`run_training` once ``out_dir`` is checked: every check (settings, resume payload,
     data, model) comes before the first write."""
     metrics_path = out_dir / "metrics.jsonl"
@@ -116,13 +151,17 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progr
         rows = read_metrics(metrics_path)
         start_epoch, best = check_resume_payload(ckpt, out_dir / "last.pt", rows)
         check_resume_config(cfg, ckpt.get("train_config") or {}, start_epoch)
+        check_resume_model(ckpt.get("config"), out_dir / "last.pt", inputs.user_module)
     dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
     main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)
     channels_last = resolve_channels_last(cfg, device)
-    data = load_run_data(cfg, device, channels_last, dist)  # may raise BadInput: nothing written
-    model_config = model_config_for(cfg, data)
-    engine = build_engine(cfg, model_config, device, amp, channels_last, dist)
+    data = inputs.load_data(cfg, device, channels_last, dist)  # may raise BadInput
+    model_config = inputs.model_config(cfg, data)
+    if ckpt is not None:
+        check_resume_model(ckpt.get("config"), out_dir / "last.pt", inputs.user_module,
+                           model_config)
+    engine = build_engine(cfg, model_config, device, amp, channels_last, dist, net=inputs.net)
     if ckpt is not None:
         restore_engine(engine, ckpt, out_dir / "last.pt")  # may raise BadInput: nothing written
     if main and not lock.held:
@@ -144,6 +183,7 @@ def _train(cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool, progr
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "DONE").unlink(missing_ok=True)
     record = run_record(cfg, data, model_config, device, amp, channels_last)
+    record.update(inputs.record)
     record["resolved"]["world_size"] = dist.world_size
     record["resolved"]["cuda_graphs"] = engine.cuda_graphs
     # "auto" precision follows the hardware, which may differ on resume: keep the history
