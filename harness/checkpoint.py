@@ -137,6 +137,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from harness.models import build_model
 
     payload = load_checkpoint(path, map_location=device)
+    from harness.rundir import refuse_user_module
+
+    refuse_user_module(path, payload.get("config"))
     try:
         model = build_model(payload["config"])
     except BadInput as err:

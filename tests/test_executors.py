@@ -134,7 +134,7 @@ def run(cfg, out_dir, **kwargs):
     marker = Path(out_dir).parent / "relu.paused"
 
     def log(line):
-        if Path(out_dir).name == "relu" and not marker.exists():
+        if Path(out_dir).name == "relu" and line.startswith("epoch") and not marker.exists():
             marker.write_text(line)
             time.sleep(300)
 

@@ -218,7 +218,7 @@ def test_an_fp16_step_whose_gradients_overflow_is_skipped_by_the_fused_optimizer
 def test_fp16_run_saves_the_loss_scaler_and_resumes_exactly(tmp_path):
     cfg = dict(dataset="digits", width=0.0625, epochs=2, batch_size=50, train_subset=100,
                val_subset=20, test_subset=20, train_steps=1, eval_steps=1, eps_255=24,
-               alpha_255=8, lr=0.05, precision="fp16")
+               alpha_255=8, lr=0.05, precision="fp16", lr_milestones=[100.0, 150.0])
     straight = run_training(TrainConfig.from_dict(cfg), tmp_path / "a", progress=False)
     assert all(r["loss_scale"] == 2.0**16 for r in straight)
     first = run_training(TrainConfig.from_dict(cfg | {"epochs": 1}), tmp_path / "b",

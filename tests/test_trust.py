@@ -253,7 +253,7 @@ CHILD = """
 import sys, torch
 torch.set_num_threads(1)
 from harness.config import TrainConfig
-    from harness.train import run_training
+from harness.train import run_training
 cfg = TrainConfig.from_dict({cfg!r})
 run_training(cfg, sys.argv[1], progress=False)
 """

@@ -134,7 +134,7 @@ def test_eval_honours_restarts_of_torchattacks_pgd_and_says_what_runs(digits_run
                             "torchattacks-pgd", "--restarts", "3", "--steps", "2", "--n", "20",
                             "--no-progress", "--device", "cpu"], capsys)
     assert code == 0, err
-    assert "evaluating 20 test images in 1 batches with torchattacks-pgd" in err
+    assert "evaluating 20 test images in 1 batches with torchattacks:PGD" in err
     assert "2 steps x 3 restarts" in out
 
 
