@@ -77,6 +77,15 @@ def test_every_python_example_of_docs_api_runs(tmp_path, monkeypatch):
     blocks = BLOCK.findall(DOC.read_text())
     assert len(blocks) >= 8, "docs/api.md lost its python examples"
     monkeypatch.chdir(tmp_path)
+    # the examples register a custom activation: they get copies of the registries, and the
+    # other tests keep seeing the built-ins only
+    import curvtools.activations
+    import harness.attacks
+    import harness.datasets
+    import harness.models
+
+    for module in (curvtools.activations, harness.attacks, harness.datasets, harness.models):
+        monkeypatch.setattr(module, "REGISTRY", dict(module.REGISTRY))
     namespace: dict = {"__name__": "docs_api"}
     for number, code in enumerate(blocks, 1):
         try:
