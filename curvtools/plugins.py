@@ -66,8 +66,3 @@ def from_entry_points(group: str, name: str, expected: type, what: str) -> Any |
     if not found:
         return None
     return load_reference(found[0].value, expected, what)
-
-
-def entry_point_names(group: str) -> list[str]:
-    """Names the installed packages declare in ``group`` (for error messages and --help)."""
-    return sorted(ep.name for ep in entry_points(group=group))

@@ -163,10 +163,4 @@ class TorchattacksAttack(Attack):
         return best_delta
 
 
-def describe_class(class_name: str) -> str:
-    """First line of a torchattacks class's docstring (for ``--help`` lists)."""
-    doc = inspect.getdoc(_attack_class(class_name)) or ""
-    return doc.splitlines()[0] if doc else class_name
-
-
-__all__ = ["PREFIX", "TorchattacksAttack", "parse_name", "describe_class"]
+__all__ = ["PREFIX", "TorchattacksAttack", "parse_name"]
