@@ -211,8 +211,12 @@ def eval_command(
     ctx: typer.Context,
     ckpt: Annotated[Path, typer.Option(help="Checkpoint (best.pt, last.pt, epoch_NNNN.pt), or "
                                             "a run directory (its last.pt).")],
-    n: Annotated[int | None, typer.Option(help="Test images (class-balanced subset; "
+    n: Annotated[int | None, typer.Option(help="Images of the split (class-balanced subset; "
                                                "default all).")] = None,
+    split: Annotated[str, typer.Option(
+        help="test (default), or train / val: the run's own training / validation images "
+             "(its split and subsets, unaugmented), for a like-for-like train-test gap.")
+    ] = "test",
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
     restarts: Annotated[int | None, typer.Option(
         help="Restarts, worst case kept per example (default: 5 for pgd, the paper's "
@@ -246,14 +250,14 @@ def eval_command(
     from harness.evaluate import evaluate_checkpoint
 
     explicit = {THREAT_OPTIONS[o] for o in _explicit_options(ctx) if o in THREAT_OPTIONS}
-    bar = _EvalBar(progress, requested=n)
+    bar = _EvalBar(progress, requested=n, split=split)
     with bar:
         result = evaluate_checkpoint(
             ckpt, n=n, steps=steps, restarts=restarts, eps_255=eps_255, alpha_255=alpha_255,
             norm=norm, attack=attack, device=device, batch_size=batch_size, seed=seed,
-            precision=precision, dataset=dataset, data_dir=data_dir, explicit=explicit,
-            on_start=bar.start, on_batch=bar.step)
-    print(f"{ckpt} (epoch {result['epoch']}), {result['n']} test images: clean "
+            precision=precision, dataset=dataset, data_dir=data_dir, split=split,
+            explicit=explicit, on_start=bar.start, on_batch=bar.step)
+    print(f"{ckpt} (epoch {result['epoch']}), {result['n']} {split} images: clean "
           f"{100 * result['clean_acc']:.2f}%, robust {100 * result['robust_acc']:.2f}% "
           f"[{bar.what}, {result['precision']}, {result['seconds']:.1f}s]")
     _write_json(json_path, result)
@@ -263,9 +267,9 @@ class _EvalBar:
     """Says what will run before the work starts (images, attack; a capped ``--n``), then a rich
     progress bar over evaluation batches (rate and ETA)."""
 
-    def __init__(self, enabled: bool, requested: int | None = None):
+    def __init__(self, enabled: bool, requested: int | None = None, split: str = "test"):
         self.enabled, self.progress, self.task = enabled, None, None
-        self.requested, self.what = requested, ""
+        self.requested, self.what, self.split = requested, "", split
 
     def __enter__(self):
         if self.enabled:
@@ -281,9 +285,9 @@ class _EvalBar:
     def start(self, total: int, attack: Any, images: int) -> None:
         self.what = attack.describe()
         if self.requested is not None and self.requested > images:
-            print(f"note: --n {self.requested} asks for more test images than the set has; "
-                  f"evaluating all {images}", file=sys.stderr)
-        print(f"evaluating {images} test images in {total} batches with {self.what}",
+            print(f"note: --n {self.requested} asks for more {self.split} images than the set "
+                  f"has; evaluating all {images}", file=sys.stderr)
+        print(f"evaluating {images} {self.split} images in {total} batches with {self.what}",
               file=sys.stderr, flush=True)
         if self.progress is not None:
             self.task = self.progress.add_task("eval", total=total, rate="")

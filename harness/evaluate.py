@@ -41,6 +41,9 @@ from harness.attacks import (
 )
 from harness.distributed import DistContext, all_reduce_sum, broadcast_buffers
 
+# Where ``harness eval`` takes its images: the test set, or a run's own training/validation images.
+EVAL_SPLITS = ("test", "train", "val")
+
 # More than this share of examples with an exactly zero input gradient means a gradient attack
 # cannot move them (sign(0) = 0): robust accuracy is then an overestimate (gradient masking).
 ZERO_GRADIENT_WARN_SHARE = 0.10
@@ -212,16 +215,20 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
                         attack: str = "pgd", device: str = "auto",
                         batch_size: int = 256, seed: int = 0, precision: str = "fp32",
                         dataset: str | None = None, data_dir: str | None = None,
-                        explicit: Iterable[str] = (),
+                        split: str = "test", explicit: Iterable[str] = (),
                         on_batch: Callable[[], None] | None = None,
                         on_start: Callable[[int, Attack, int], None] | None = None
                         ) -> dict[str, Any]:
-    """``harness eval``: clean and robust accuracy of a checkpoint on its test set.
+    """``harness eval``: clean and robust accuracy of a checkpoint on its test set (or, with
+    ``split="train"``/``"val"``, on the training/validation images its run used).
 
     The model comes from the checkpoint alone; the data from its ``train_config`` (``dataset``,
     ``data_dir`` override it), and so do the threat model's ``norm``, ``eps_255`` and
-    ``alpha_255`` when not given (else l_inf, 8 and 2, the paper's). ``n`` test images (a
-    class-balanced subset drawn with the run's split seed; all when None). ``restarts``: None
+    ``alpha_255`` when not given (else l_inf, 8 and 2, the paper's). ``split``: ``"test"``, or
+    ``"train"``/``"val"``: the run's own training/validation images (its split and subsets,
+    :func:`harness.run_data.split_indices`; unaugmented), for a like-for-like gap between the
+    images a model was trained on and unseen ones. ``n`` images of the split (a class-balanced
+    subset drawn with the run's split seed; all when None). ``restarts``: None
     is the attack's reporting default (5 for ``pgd``, the paper's PGD-20 x 5; 1 for the
     others). ``attack``: a name of the registry (:func:`harness.attacks.make_attack`);
     ``explicit``: the threat-model fields
@@ -233,8 +240,11 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     from harness.checkpoint import load_model
     from harness.data import DeviceBatches, stratified_subset
     from harness.datasets import open_source
+    from harness.run_data import indices_hash
     from harness.runtime import autocast_dtype_for, precision_name, resolve_device
 
+    if split not in EVAL_SPLITS:
+        raise BadInput(f"--split {split!r}; allowed: {', '.join(EVAL_SPLITS)}")
     if restarts is None:
         restarts = reporting_restarts(attack)
     _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision, seed)
@@ -255,11 +265,20 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
     check_source_fits(source, spec, payload, run["dataset"])
     chosen = make_attack(attack, threat, num_classes=source.num_classes, seed=seed,
                          explicit=explicit)
-    labels = source.labels("test")
-    idx = torch.arange(len(labels)).numpy()
-    if n is not None and n < len(labels):
+    part = "test" if split == "test" else "train"  # the source's part the images come from
+    labels = source.labels(part)
+    if split == "test":
+        idx = torch.arange(len(labels)).numpy()
+    else:
+        from harness.run_data import split_indices
+
+        idx = split_indices(source.labels("train"), source.labels("test"),
+                            val_fraction=run["val_fraction"], split_seed=run["split_seed"],
+                            train_subset=run["train_subset"],
+                            val_subset=run["val_subset"])[split]
+    if n is not None and n < len(idx):
         idx = stratified_subset(labels, idx, n, run["split_seed"])
-    batches = DeviceBatches(source.images("test", idx), labels[idx], dev, batch_size=batch_size)
+    batches = DeviceBatches(source.images(part, idx), labels[idx], dev, batch_size=batch_size)
     if on_start is not None:
         on_start(len(batches.images) // batch_size + bool(len(batches.images) % batch_size),
                  chosen, len(idx))
@@ -271,7 +290,7 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
                              graph_cache={} if dev.type == "cuda" else None)
     uses = chosen.honours
     return {"checkpoint": str(ckpt), "epoch": payload.get("epoch"), "dataset": spec,
-            "attack": attack, "norm": norm, "eps_255": eps_255,
+            "split": split, "indices_sha256": indices_hash(idx), "attack": attack, "norm": norm, "eps_255": eps_255,
             "alpha_255": alpha_255 if "step" in uses else None,
             "steps": steps if "steps" in uses else None,
             "restarts": restarts if "restarts" in uses else 1, "seed": seed,
@@ -285,9 +304,19 @@ def _run_data_settings(train_config: Mapping[str, Any]) -> dict[str, Any]:
     out = {"dataset": train_config.get("dataset"),
            "data_dir": train_config.get("data_dir") or "data",
            "download": train_config.get("download", True),
-           "split_seed": train_config.get("split_seed", 0)}
+           "split_seed": train_config.get("split_seed", 0),
+           "val_fraction": train_config.get("val_fraction", 0.1),
+           **{k: train_config.get(k) for k in ("train_subset", "val_subset")}}
     seed = out["split_seed"]
+
+    def subset_ok(v: Any) -> bool:
+        return v is None or (is_int(v) and v >= 1)
+
     problems = {
+        "val_fraction": (is_number(out["val_fraction"]) and 0 < out["val_fraction"] < 1,
+                         "a number in (0, 1)"),
+        "train_subset": (subset_ok(out["train_subset"]), "a positive integer or null"),
+        "val_subset": (subset_ok(out["val_subset"]), "a positive integer or null"),
         "dataset": (out["dataset"] is None or isinstance(out["dataset"], str), "a dataset name"),
         "data_dir": (isinstance(out["data_dir"], str), "a folder path"),
         "download": (isinstance(out["download"], bool), "true or false"),

@@ -40,28 +40,15 @@ def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool,
     Data parallel (``dist``): this rank's training batches are ``batch_size / world_size``
     rows of each global batch (``DeviceBatches`` sharding); every rank holds val and test.
     """
-    from harness.data import split_train_val, stratified_subset
     from harness.datasets import open_source
 
     source = open_source(cfg.dataset, cfg.data_dir, cfg.download)
     train_labels = source.labels("train")
     test_labels = source.labels("test")
-    train_idx, val_idx = split_train_val(len(train_labels), cfg.val_fraction, cfg.split_seed)
-    if len(val_idx) == 0:  # the best checkpoint is chosen on validation
-        raise BadInput(f"val_fraction={cfg.val_fraction} of {len(train_labels)} training images "
-                       f"leaves no validation image; allowed: more than "
-                       f"0.5/{len(train_labels)}")
-    if cfg.train_subset is not None:
-        train_idx = stratified_subset(train_labels, train_idx, cfg.train_subset, cfg.split_seed)
-    if cfg.val_subset is not None:
-        val_idx = stratified_subset(train_labels, val_idx, cfg.val_subset, cfg.split_seed)
-    test_idx = np.arange(len(test_labels), dtype=np.int64)
-    if cfg.test_subset is not None:
-        test_idx = stratified_subset(test_labels, test_idx, cfg.test_subset, cfg.split_seed)
-    if len(train_idx) == 0:
-        raise BadInput(f"val_fraction={cfg.val_fraction} of {len(train_labels)} training images "
-                       f"leaves no training image; allowed: less than "
-                       f"1 - 0.5/{len(train_labels)}")
+    indices = split_indices(train_labels, test_labels, val_fraction=cfg.val_fraction,
+                            split_seed=cfg.split_seed, train_subset=cfg.train_subset,
+                            val_subset=cfg.val_subset, test_subset=cfg.test_subset)
+    train_idx, val_idx, test_idx = indices["train"], indices["val"], indices["test"]
     check_batch_size(cfg, len(train_idx))
     train, val, test = device_batches(
         cfg, device, channels_last, dist,
@@ -72,7 +59,37 @@ def load_run_data(cfg: TrainConfig, device: torch.device, channels_last: bool,
         source_info=source.info(), num_classes=source.num_classes,
         in_channels=source.in_channels, mean=tuple(source.mean), std=tuple(source.std),
         train=train, val=val, test=test,
-        indices={"train": train_idx, "val": val_idx, "test": test_idx})
+        indices=indices)
+
+
+def split_indices(train_labels: Any, test_labels: Any, *, val_fraction: float, split_seed: int,
+                  train_subset: int | None = None, val_subset: int | None = None,
+                  test_subset: int | None = None) -> dict[str, np.ndarray]:
+    """The images of a run: ``{"train", "val", "test"}`` index arrays (sorted int64).
+
+    The 90/10 split of the training images (``val_fraction``, ``split_seed``), then the
+    class-balanced subsets (``None``: the whole part). The one rule for training
+    (:func:`load_run_data`) and for ``harness eval --split`` (the same images a run saw).
+    """
+    from harness.data import split_train_val, stratified_subset
+
+    train_idx, val_idx = split_train_val(len(train_labels), val_fraction, split_seed)
+    if len(val_idx) == 0:  # the best checkpoint is chosen on validation
+        raise BadInput(f"val_fraction={val_fraction} of {len(train_labels)} training images "
+                       f"leaves no validation image; allowed: more than "
+                       f"0.5/{len(train_labels)}")
+    if train_subset is not None:
+        train_idx = stratified_subset(train_labels, train_idx, train_subset, split_seed)
+    if val_subset is not None:
+        val_idx = stratified_subset(train_labels, val_idx, val_subset, split_seed)
+    test_idx = np.arange(len(test_labels), dtype=np.int64)
+    if test_subset is not None:
+        test_idx = stratified_subset(test_labels, test_idx, test_subset, split_seed)
+    if len(train_idx) == 0:
+        raise BadInput(f"val_fraction={val_fraction} of {len(train_labels)} training images "
+                       f"leaves no training image; allowed: less than "
+                       f"1 - 0.5/{len(train_labels)}")
+    return {"train": train_idx, "val": val_idx, "test": test_idx}
 
 
 def check_batch_size(cfg: TrainConfig, num_train: int) -> None:

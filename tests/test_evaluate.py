@@ -127,6 +127,7 @@ def test_evaluate_restores_the_model_mode(digits_ckpt):
     (dict(attack="cw"), "attack"), (dict(steps=0), "steps"), (dict(restarts=0), "restarts"),
     (dict(n=0), "--n"), (dict(eps_255=-1), "eps"), (dict(norm="l1"), "norm"),
     (dict(eps_255=float("inf")), "eps"), (dict(alpha_255=float("nan")), "alpha"),
+    (dict(split="training"), "--split 'training'; allowed: test, train, val"),
 ])
 def test_bad_eval_settings_raise_bad_input(digits_ckpt, kw, match):
     with pytest.raises(BadInput, match=match):
@@ -193,9 +194,34 @@ def test_eval_takes_the_image_size_from_the_training_data_in_older_checkpoints(d
         evaluate_checkpoint(ckpt, dataset=rgb32, device="cpu")
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_eval_split_attacks_exactly_the_images_the_run_used(digits_ckpt, split):
+    """``--split train``/``val`` evaluates the run's own training/validation images: the same
+    index set (hash) that config.json records, and a class-balanced part of it with ``n``."""
+    import json
+
+    record = json.loads((digits_ckpt.parent / "config.json").read_text())
+    result = evaluate_checkpoint(digits_ckpt, device="cpu", split=split, steps=1, restarts=1)
+    assert result["split"] == split
+    assert result["n"] == record["data"][f"num_{split}"]
+    assert result["indices_sha256"] == record["data"][f"{split}_indices_sha256"]
+    part = evaluate_checkpoint(digits_ckpt, device="cpu", split=split, n=10, steps=1,
+                               restarts=1)
+    assert part["n"] == 10 and part["indices_sha256"] != result["indices_sha256"]
+
+
+def test_eval_split_train_differs_from_test_and_test_stays_the_default(digits_ckpt):
+    test = evaluate_checkpoint(digits_ckpt, device="cpu", n=20, steps=1, restarts=1)
+    train = evaluate_checkpoint(digits_ckpt, device="cpu", n=20, steps=1, restarts=1,
+                                split="train")
+    assert test["split"] == "test"
+    assert test["indices_sha256"] != train["indices_sha256"]
+
+
 @pytest.mark.parametrize("key,value", [
     ("split_seed", "x"), ("split_seed", -1), ("split_seed", 2**63), ("data_dir", 3),
-    ("download", "yes"), ("dataset", 7),
+    ("download", "yes"), ("dataset", 7), ("val_fraction", 1.5), ("train_subset", 0),
+    ("val_subset", "all"),
 ])
 def test_eval_refuses_bad_data_settings_in_the_checkpoint(digits_ckpt, tmp_path, key, value):
     payload = load_checkpoint(digits_ckpt)
