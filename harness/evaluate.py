@@ -104,7 +104,8 @@ def evaluate_robust(model: nn.Module, batches: Any, attack: Attack, *,
                     autocast_dtype: torch.dtype | None = None,
                     rows_of_batch: Callable[[], tuple[int, int, int]] | None = None,
                     on_batch: Callable[[], None] | None = None,
-                    graph_cache: dict | None = None) -> dict[str, float]:
+                    graph_cache: dict | None = None,
+                    masking_check: bool = True) -> dict[str, float]:
     """Clean and robust loss/accuracy of ``model`` (put in eval mode) over ``batches``.
 
     ``batches``: a ``harness.data.DeviceBatches`` (served in order, unaugmented) or an iterable
@@ -117,6 +118,10 @@ def evaluate_robust(model: nn.Module, batches: Any, attack: Attack, *,
     correctly classified examples whose input gradient is exactly zero (one extra backward per
     call); above :data:`ZERO_GRADIENT_WARN_SHARE` (of at least
     :data:`ZERO_GRADIENT_MIN_CORRECT` examples) a :class:`GradientMaskingWarning` is issued.
+    ``masking_check=False`` skips that backward (``zero_grad_share`` is then None): training's
+    per-epoch evaluation, which records only the four metrics, would otherwise spend a sixth of
+    its time on it. The metrics do not depend on it (it draws no random numbers and changes no
+    state).
     ``graph_cache``: a dict kept by the caller across calls; on CUDA the per-batch attack and
     forwards of a ``graphable`` attack are then replayed from a CUDA graph
     (:class:`harness.graphs.GraphedStep`) that later calls with the same model and attack
@@ -139,7 +144,8 @@ def evaluate_robust(model: nn.Module, batches: Any, attack: Attack, *,
     for x, y in _batches_of(batches):
         if sums is None:
             sums = torch.zeros(4, device=x.device, dtype=torch.float64)
-            zero_grads, checked = zero_input_gradients(model, x, y, autocast_dtype)
+            if masking_check:
+                zero_grads, checked = zero_input_gradients(model, x, y, autocast_dtype)
         starts = attack.starts(x, generator, rows_of_batch() if rows_of_batch else None)
         sums += batch_stats(x, y, *starts)
         n += y.shape[0]
@@ -149,6 +155,9 @@ def evaluate_robust(model: nn.Module, batches: Any, attack: Attack, *,
     if n == 0:
         raise BadInput("evaluation set is empty")
     clean_loss, clean_acc, robust_loss, robust_acc = (sums / n).tolist()
+    if not masking_check:
+        return {"clean_loss": clean_loss, "clean_acc": clean_acc, "robust_loss": robust_loss,
+                "robust_acc": robust_acc, "n": n, "zero_grad_share": None}
     checked = int(checked)
     zero_grad_share = int(zero_grads) / checked if checked else 0.0
     if zero_grad_share > ZERO_GRADIENT_WARN_SHARE and checked >= ZERO_GRADIENT_MIN_CORRECT:
@@ -181,7 +190,8 @@ def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, attack: A
                      generator: torch.Generator | None = None,
                      autocast_dtype: torch.dtype | None = None,
                      on_batch: Callable[[], None] | None = None,
-                     graph_cache: dict | None = None) -> dict[str, float]:
+                     graph_cache: dict | None = None,
+                     masking_check: bool = True) -> dict[str, float]:
     """``harness.evaluate.evaluate_robust`` split over ranks, with the same result.
 
     Every rank holds the whole set; rank ``r`` evaluates rows ``r::world_size`` of each batch,
@@ -194,11 +204,12 @@ def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, attack: A
     if not ctx.enabled:
         return evaluate_robust(model, batches, attack, generator=generator,
                                autocast_dtype=autocast_dtype, on_batch=on_batch,
-                               graph_cache=graph_cache)
+                               graph_cache=graph_cache, masking_check=masking_check)
     broadcast_buffers(model, ctx)
     shards = _RowShards(batches, ctx)
     local = evaluate_robust(model, shards, attack, generator=generator,
                             autocast_dtype=autocast_dtype, on_batch=on_batch,
+                            masking_check=masking_check,
                             rows_of_batch=lambda: (ctx.rank, ctx.world_size, shards.batch_rows))
     keys = ("clean_loss", "clean_acc", "robust_loss", "robust_acc")
     device = next(model.parameters()).device

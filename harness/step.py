@@ -243,7 +243,8 @@ def evaluate_part(engine: Engine, batches, epoch: int, stream: int, prefix: str,
         engine.forward, batches, engine.dist, engine.eval_attack,
         generator=attack_generator(engine.device, cfg.seed, epoch, stream),
         autocast_dtype=engine.amp, on_batch=on_batch,
-        graph_cache=engine.eval_graphs if engine.cuda_graphs else None)
+        graph_cache=engine.eval_graphs if engine.cuda_graphs else None,
+        masking_check=False)  # the row keeps the four metrics only
     return {f"{prefix}_{key}": result[key] for key in
             ("clean_loss", "clean_acc", "robust_loss", "robust_acc")}
 

@@ -235,3 +235,16 @@ def test_eval_refuses_bad_data_settings_in_the_checkpoint(digits_ckpt, tmp_path,
 def test_eval_refuses_seeds_outside_signed_64_bits(digits_ckpt, seed):
     with pytest.raises(BadInput, match=r"--seed .* must be an integer in \[0, 2\*\*63\)"):
         evaluate_checkpoint(digits_ckpt, device="cpu", seed=seed)
+
+
+def test_skipping_the_masking_check_changes_no_metric(robust_digits_net):
+    """Training's per-epoch evaluation skips the zero-gradient check (one backward per set): the
+    four metrics are those of the evaluation with the check, bit for bit."""
+    net, x, y = robust_digits_net
+    attack = make_attack("pgd", ThreatModel(eps=EPS, step=EPS / 4, steps=2))
+    results = [evaluate_robust(net, [(x[:100], y[:100]), (x[100:200], y[100:200])], attack,
+                               generator=torch.Generator().manual_seed(3), masking_check=check)
+               for check in (True, False)]
+    keys = ("clean_loss", "clean_acc", "robust_loss", "robust_acc", "n")
+    assert [results[0][k] for k in keys] == [results[1][k] for k in keys]
+    assert results[0]["zero_grad_share"] is not None and results[1]["zero_grad_share"] is None

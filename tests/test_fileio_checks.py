@@ -80,3 +80,20 @@ def test_an_activation_parameter_refuses_a_bool():
         from_config({"name": "leakyrelu", "params": {"k": False}})
     assert resolve("pswish", beta=np.float32(2.0)).params["beta"] == 2.0
     assert resolve("leakyrelu", k="0.3").params["k"] == 0.3
+
+
+def test_shown_bounds_the_quote_of_a_hostile_value():
+    """A list nested 60 levels deep whose levels repeat one sub-list (2**60 leaves as a tree),
+    a megabyte string and a huge integer are quoted on one short line, at once."""
+    import time
+
+    from curvtools.errors import SHOWN_LIMIT, shown
+
+    bomb: list = [1]
+    for _ in range(60):
+        bomb = [bomb, bomb]
+    started = time.perf_counter()
+    quotes = [shown(v) for v in (bomb, "x" * 10**6, 10**4000, "two\nlines", {"a": bomb})]
+    assert time.perf_counter() - started < 0.5
+    assert all(len(q) <= SHOWN_LIMIT and "\n" not in q for q in quotes)
+    assert shown(0.031) == "0.031" and shown("relu") == "'relu'"
