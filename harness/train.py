@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from curvtools.checks import is_int
+from curvtools.cpu_allocator import keep_freed_memory
 from curvtools.fileio import write_text_atomic
 from curvtools.runfiles import read_metrics
 from harness.checkpoint import load_checkpoint, save_checkpoint
@@ -153,6 +154,8 @@ def _train(inputs: RunInputs, cfg: TrainConfig, out_dir: Path, resume: bool, ove
         check_resume_config(cfg, ckpt.get("train_config") or {}, start_epoch)
         check_resume_model(ckpt.get("config"), out_dir / "last.pt", inputs.user_module)
     dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
+    if device.type == "cpu":
+        keep_freed_memory()  # API callers too; the CLIs apply it at start
     main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)
     channels_last = resolve_channels_last(cfg, device)

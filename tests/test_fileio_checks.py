@@ -97,3 +97,23 @@ def test_shown_bounds_the_quote_of_a_hostile_value():
     assert time.perf_counter() - started < 0.5
     assert all(len(q) <= SHOWN_LIMIT and "\n" not in q for q in quotes)
     assert shown(0.031) == "0.031" and shown("relu") == "'relu'"
+
+
+def test_keep_freed_memory_applies_once_and_can_be_switched_off(monkeypatch):
+    """The malloc settings are applied once per process (on glibc), and
+    LOWCURV_KEEP_FREED_MEMORY=0 leaves malloc alone."""
+    import platform
+
+    from curvtools import cpu_allocator
+
+    monkeypatch.setattr(cpu_allocator, "_applied", None)
+    monkeypatch.setenv(cpu_allocator.ENV_SWITCH, "0")
+    assert cpu_allocator.keep_freed_memory() == {}
+    monkeypatch.setattr(cpu_allocator, "_applied", None)
+    monkeypatch.delenv(cpu_allocator.ENV_SWITCH)
+    first = cpu_allocator.keep_freed_memory()
+    if platform.libc_ver()[0] == "glibc":
+        assert first["trim_threshold"] == cpu_allocator.TRIM_THRESHOLD
+        assert first["mmap_threshold"] in (cpu_allocator.MMAP_THRESHOLD,
+                                           cpu_allocator.MMAP_THRESHOLD_FALLBACK)
+    assert cpu_allocator.keep_freed_memory() == first
