@@ -301,7 +301,8 @@ def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 
                              graph_cache={} if dev.type == "cuda" else None)
     uses = chosen.honours
     return {"checkpoint": str(ckpt), "epoch": payload.get("epoch"), "dataset": spec,
-            "split": split, "indices_sha256": indices_hash(idx), "attack": attack, "norm": norm, "eps_255": eps_255,
+            "split": split, "indices_sha256": indices_hash(idx), "attack": attack, "norm": norm,
+            "eps_255": eps_255,
             "alpha_255": alpha_255 if "step" in uses else None,
             "steps": steps if "steps" in uses else None,
             "restarts": restarts if "restarts" in uses else 1, "seed": seed,
