@@ -20,8 +20,32 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 ActFactory = Callable[[], nn.Module]
+
+
+class StridedPointwiseConv(nn.Conv2d):
+    """The 1x1 strided convolution of a shortcut, safe in channels_last on a CPU.
+
+    With torch 2.14.1 on a CPU and two or more threads, the weight gradient of a 1x1 stride-2
+    convolution on a channels_last input corrupts the heap for some shapes (8 -> 16 channels on
+    16x16 inputs, batch 5: ``free(): invalid next size`` or a segfault, every run;
+    ``bench/channels_last_repro.py`` is the minimal reproduction). A stride-s 1x1 convolution is
+    a stride-1 one on every s-th pixel, and that kernel does not crash, so a channels_last input
+    on a CPU takes that path. Everything else (NCHW, CUDA) runs ``nn.Conv2d`` itself, unchanged
+    bit for bit; parameters, initialization and state_dict keys are ``nn.Conv2d``'s.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sy, sx = self.stride
+        if (sy, sx) != (1, 1) and x.device.type == "cpu" and x.dim() == 4 \
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return F.conv2d(x[:, :, ::sy, ::sx], self.weight, self.bias)
+        return super().forward(x)
 
 
 class PreActBlock(nn.Module):
@@ -42,7 +66,7 @@ class PreActBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+            self.shortcut = StridedPointwiseConv(in_planes, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(x))
@@ -66,7 +90,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+                StridedPointwiseConv(in_planes, planes, stride), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(self.conv1(x)))

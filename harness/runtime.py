@@ -41,12 +41,12 @@ def resolve_device(name: str) -> torch.device:
 def resolve_channels_last(cfg: Any, device: torch.device) -> bool:
     """The memory format a run uses: ``cfg.channels_last``, or by default on CUDA only.
 
-    On CUDA for the tensor cores. Off by default on a CPU: oneDNN's NHWC convolutions made the
-    PGD-10 step 1.13-1.47x faster on one thread (bench/train_throughput.py), but with torch
-    2.14.1 and two or more threads, training a narrow PreActResNet-18 (width 1/16 or 1/8) in
-    channels_last on small batches (5 or 21 images) corrupted the heap and crashed the process
-    (``bench/gpu_speed.py --tiny``, reproduced with a plain forward/backward loop). Pass
-    ``--channels-last`` to opt in on a CPU.
+    On CUDA for the tensor cores. Off by default on a CPU, where ``--channels-last`` opts in:
+    it changes which oneDNN kernels run (so results differ from NCHW at rounding level) and buys
+    little at this project's sizes (``python -m bench.cpu_epoch``). It used to crash with two or
+    more threads (a heap corruption in the weight gradient of the shortcut's 1x1 stride-2
+    convolution; ``bench/channels_last_repro.py``); :class:`harness.nets.StridedPointwiseConv`
+    avoids that kernel.
     """
     if cfg.channels_last is not None:
         return cfg.channels_last
