@@ -262,7 +262,7 @@ class _Parser:
         if self.at_op("("):
             return _refuse(self.text, f"uses unknown function {shown(token.text)}; allowed: "
                                       f"{', '.join(FUNCTIONS)}")
-        allowed = ", ".join(["x", *sorted(self.known), *CONSTANTS])
+        allowed = ", ".join(["x", *sorted(self.known - set(_BOOLEANS)), *CONSTANTS])
         return _refuse(self.text, f"must be a function of x only, found {shown(token.text)} "
                                   f"(names allowed: {allowed})")
 
