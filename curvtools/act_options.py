@@ -21,7 +21,8 @@ from typing import Any
 import typer
 
 from curvtools.activations import REGISTRY, format_value
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
+from curvtools.plugins import allow, is_reference
 
 
 def activation_parameters() -> dict[str, tuple[type, str]]:
@@ -53,7 +54,7 @@ def parse_act_params(pairs: list[str] | None) -> dict[str, Any]:
     for pair in pairs or ():
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
-            raise BadInput(f"--act-param {pair!r} must be NAME=VALUE, e.g. --act-param b=4")
+            raise BadInput(f"--act-param {shown(pair)} must be NAME=VALUE, e.g. --act-param b=4")
         try:
             out[name.strip()] = float(value)
         except ValueError:
@@ -61,10 +62,21 @@ def parse_act_params(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def trust_typed_plugins(*names: Any) -> None:
+    """Allow the modules of the ``module:ATTRIBUTE`` plugins among ``names`` (values the user
+    typed on the command line: ``--act``, ``--arch``), for this command and the processes it
+    starts (:func:`curvtools.plugins.allow`). A plugin a file names (a checkpoint, config.json,
+    spec) is not allowed by this; see ``docs/trust.md``."""
+    for name in names:
+        if isinstance(name, str) and is_reference(name):
+            allow(name)
+
+
 def with_activation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Give ``command`` (which takes ``act_params: dict``, the given values, None where not
     given) one typer option per activation parameter, inserted after its ``act`` option, plus
-    ``--act-param NAME=VALUE`` (repeatable) for parameters of plugin activations."""
+    ``--act-param NAME=VALUE`` (repeatable) for parameters of plugin activations. A plugin typed
+    as ``--act``/``--arch`` is allowed for the command (:func:`trust_typed_plugins`)."""
     params = activation_parameters()
     own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
            if p.name != "act_params"]
@@ -82,11 +94,13 @@ def with_activation_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> Any:
+        trust_typed_plugins(kwargs.get("act"), kwargs.get("arch"))
         act_params = {name: kwargs.pop(name) for name in params}
         extra = parse_act_params(kwargs.pop("act_param"))
         twice = sorted(k for k in extra if act_params.get(k) is not None)
         if twice:
-            raise BadInput(f"--act-param {twice[0]}=... repeats --{twice[0]}; give it once")
+            raise BadInput(f"--act-param {shown(twice[0])}=... repeats --{twice[0]}; give it "
+                           f"once")
         return command(act_params=act_params | extra, **kwargs)
 
     del wrapper.__wrapped__  # typer must see the new signature, not the wrapped one

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from curvtools.checks import is_number
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 from curvtools.plugins import ACTIVATION_GROUP, from_entry_points, is_reference, load_reference
 from curvtools.user_expr import check_user_expr, parse_user_expression, symbol_x
 
@@ -341,7 +341,7 @@ def resolve(name: str, **given: Any) -> Activation:
             continue
         if pname not in allowed:
             takes = ", ".join(allowed) or "no parameters"
-            raise BadInput(f"activation {spec.name!r} takes {takes}, not {pname!r}")
+            raise BadInput(f"activation {spec.name!r} takes {takes}, not {shown(pname)}")
     for p in spec.params:
         value = given.get(p.name)
         if value is None:
@@ -350,12 +350,12 @@ def resolve(name: str, **given: Any) -> Activation:
             # a bool is no number (float(True) would pass as 1.0); inf/nan are left to p.check
             if not (isinstance(value, str | float) or is_number(value)):
                 raise BadInput(
-                    f"{spec.name}: {p.name}={value!r} is not a number ({p.help})") from None
+                    f"{spec.name}: {p.name}={shown(value)} is not a number ({p.help})") from None
             try:
                 value = float(value)
             except (TypeError, ValueError):
                 raise BadInput(
-                    f"{spec.name}: {p.name}={value!r} is not a number ({p.help})") from None
+                    f"{spec.name}: {p.name}={shown(value)} is not a number ({p.help})") from None
             if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
                 value = float(int(value))
         problem = p.check(value)
@@ -376,7 +376,7 @@ def _lookup(name: str) -> tuple[ActivationSpec, str | None]:
     plugin = from_entry_points(ACTIVATION_GROUP, text.lower(), ActivationSpec, "activation")
     if plugin is not None:
         return plugin, text.lower()
-    raise BadInput(f"unknown activation {name!r}; known: {', '.join(names())}, or a plugin "
+    raise BadInput(f"unknown activation {shown(name)}; known: {', '.join(names())}, or a plugin "
                    f"(module:ATTRIBUTE naming an ActivationSpec)")
 
 
@@ -384,7 +384,9 @@ def from_config(config: Mapping[str, Any]) -> Activation:
     """Inverse of :meth:`Activation.config` (validates again: configs may come from files)."""
     if not isinstance(config, Mapping) or "name" not in config:
         raise BadInput("activation config must be a mapping with a 'name'")
+    if not isinstance(config["name"], str):
+        raise BadInput(f"activation config 'name' {shown(config['name'])} must be text")
     params = config.get("params") or {}
     if not isinstance(params, Mapping):
         raise BadInput("activation config 'params' must be a mapping")
-    return resolve(str(config["name"]), **dict(params))
+    return resolve(config["name"], **dict(params))

@@ -18,7 +18,7 @@ import math
 import numbers
 from typing import Any
 
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 
 
 def is_int(v: Any) -> bool:
@@ -27,10 +27,17 @@ def is_int(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    """A finite real number (int, float, numpy scalar), not a bool."""
+    """A finite real number (int, float, numpy scalar) that a float can hold, not a bool.
+
+    Never raises: an integer beyond the float range (``10**400``) is no number here, since every
+    use converts it to a float.
+    """
     if isinstance(v, bool) or _is_numpy_bool(v) or not isinstance(v, numbers.Real):
         return False
-    return math.isfinite(float(v))
+    try:
+        return math.isfinite(float(v))
+    except (OverflowError, ValueError, TypeError):  # 10**400; a Real whose float() fails
+        return False
 
 
 def _is_numpy_bool(v: Any) -> bool:
@@ -40,23 +47,23 @@ def _is_numpy_bool(v: Any) -> bool:
 def require_positive_int(option: str, value: Any) -> None:
     """``value`` is an integer >= 1."""
     if not is_int(value) or value < 1:
-        raise BadInput(f"{option}={value} is not allowed: need an integer >= 1")
+        raise BadInput(f"{option}={shown(value)} is not allowed: need an integer >= 1")
 
 
 def require_int_in(option: str, value: Any, lo: int, hi: int) -> None:
     """``value`` is an integer in ``[lo, hi]``."""
     if not is_int(value) or not lo <= value <= hi:
-        raise BadInput(f"{option} {value} must be an integer in [{lo}, {hi}]")
+        raise BadInput(f"{option} {shown(value)} must be an integer in [{lo}, {hi}]")
 
 
 def require_positive_finite(option: str, value: Any) -> None:
     """``value`` is a finite number > 0."""
     if not is_number(value) or not value > 0:
-        raise BadInput(f"{option} {value} is not allowed: need a finite number > 0")
+        raise BadInput(f"{option} {shown(value)} is not allowed: need a finite number > 0")
 
 
 def require_unit_open(option: str, value: Any) -> None:
     """``value`` is a number in the open interval (0, 1), e.g. a relative tolerance (tol >= 1
     or inf would report convergence falsely)."""
     if not is_number(value) or not 0 < value < 1:
-        raise BadInput(f"{option} {value} is not allowed: need a number in (0, 1)")
+        raise BadInput(f"{option} {shown(value)} is not allowed: need a number in (0, 1)")

@@ -21,8 +21,27 @@ if importlib.util.find_spec("typer._click") is not None:
 else:  # pragma: no cover - depends on the installed typer
     import click
 
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
+from curvtools.plugins import ALLOW_ENV
 from curvtools.runfiles import RUN_FILES
+
+
+def _flag_has_no_type(original):
+    """typer >= 0.2x prints a type column for every option, ``<bool>`` for flags (``--help``,
+    ``--resume/--no-resume``), which take no value: show nothing there instead."""
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+            return None
+        return original(self, ctx)
+
+    display_type_rich.__wrapped__ = original
+    return display_type_rich
+
+
+_option_class = getattr(getattr(typer, "core", None), "TyperOption", None)
+if _option_class is not None and hasattr(_option_class, "display_type_rich") \
+        and not hasattr(_option_class.display_type_rich, "__wrapped__"):
+    _option_class.display_type_rich = _flag_has_no_type(_option_class.display_type_rich)
 
 
 def new_app(help_text: str) -> typer.Typer:
@@ -48,11 +67,27 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def run_app(app: typer.Typer, prog_name: str, argv: list[str] | None = None) -> None:
     """Invoke ``app``; usage errors and :class:`BadInput` become one line and exit code 2.
 
-    Warnings (e.g. ``harness.evaluate.GradientMaskingWarning``) print as one ``warning:`` line.
+    Warnings (e.g. ``harness.evaluate.GradientMaskingWarning``) print as one ``warning:`` line;
+    an output file that existed and was replaced (:func:`check_output_path`) as one ``note:``
+    line when the command has finished. Plugin modules the command allows
+    (:func:`curvtools.plugins.allow`) are allowed for this command only: ``LOWCURV_PLUGINS`` is
+    restored afterwards.
     """
-    with warnings.catch_warnings():  # restores the previous showwarning afterwards
-        warnings.showwarning = _one_line_warning
-        _run_app(app, prog_name, argv)
+    allowed = os.environ.get(ALLOW_ENV)  # --act/--arch plugins typed now are allowed (plugins)
+    _replaced.clear()
+    try:
+        with warnings.catch_warnings():  # restores the previous showwarning afterwards
+            warnings.showwarning = _one_line_warning
+            _run_app(app, prog_name, argv)
+    finally:
+        for note, (path, before) in _replaced.items():  # only files the command did replace
+            if _signature(path) != before:
+                print(note, file=sys.stderr)
+        _replaced.clear()  # ... for this command only (tests run many commands in one process)
+        if allowed is None:
+            os.environ.pop(ALLOW_ENV, None)
+        else:
+            os.environ[ALLOW_ENV] = allowed
 
 
 def _run_app(app: typer.Typer, prog_name: str, argv: list[str] | None) -> None:
@@ -65,9 +100,11 @@ def _run_app(app: typer.Typer, prog_name: str, argv: list[str] | None) -> None:
         fail(err.format_message())
     except click.exceptions.ClickException as err:
         fail(err.format_message())
-    except (typer.Abort, typer.Exit) as err:
-        code = getattr(err, "exit_code", 130)
-        raise SystemExit(code) from None
+    except typer.Abort:  # click's form of Ctrl-C (KeyboardInterrupt) inside a command
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except typer.Exit as err:
+        raise SystemExit(err.exit_code) from None
     except BadInput as err:
         fail(str(err))
     except KeyboardInterrupt:
@@ -85,6 +122,27 @@ def _run_app(app: typer.Typer, prog_name: str, argv: list[str] | None) -> None:
 # --- checks shared by every command ----------------------------------------------------------
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+# The one --json/--csv/--plot overwrite rule (docs/guide.md): an existing output file is
+# replaced, and the command says so (one note line at its end, when it did replace it). It is
+# written when the work is done, so a command that fails or is interrupted leaves it as it
+# was. Inputs, checkpoints and run files are never output files (check_output_path refuses them).
+REPLACED_NOTE = "note: {option} {path} existed and was replaced"
+# note -> (path, its state when checked); run_app prints the notes of the files that changed
+_replaced: dict[str, tuple[Path, tuple[int, int, int] | None]] = {}
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def quoted_path(path: Path | str) -> str:
+    """A path for a message: its repr when short and printable, else :func:`shown` (bounded)."""
+    text = str(path)
+    return repr(text) if len(text) <= 200 and text.isprintable() else shown(text)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -108,37 +166,43 @@ def check_output_path(option: str, path: Path | None, *, inputs: Iterable[Path] 
     name inside one of
     ``run_dirs`` (folders the command writes a run into); a suffix not in ``suffixes`` when
     given. The folder may be missing only when it is
-    one of ``made_folders`` (the command creates it, e.g. a new run directory). Example::
+    one of ``made_folders`` (the command creates it, e.g. a new run directory). An existing file
+    that passes is replaced by the command, and :func:`run_app` says so in one ``note:`` line
+    when the command has finished (:data:`REPLACED_NOTE`, the one overwrite rule of every
+    command). Example::
 
         check_output_path("--json", Path("r/last.pt"), inputs=[Path("r/last.pt")])  # BadInput
     """
     if path is None:
         return
     path = Path(path)
-    shown = f"{option} {str(path)!r}"
+    named = f"{option} {quoted_path(path)}"
     if path.is_dir():
-        raise BadInput(f"{shown} is a directory; give a file path")
+        raise BadInput(f"{named} is a directory; give a file path")
     if suffixes is not None and path.suffix.lower() not in suffixes:
-        raise BadInput(f"{shown} must end in {' or '.join(suffixes)}")
+        raise BadInput(f"{named} must end in {' or '.join(suffixes)}")
     blocker = next((p for p in path.parents if p.exists()), Path("."))
     if not blocker.is_dir():
-        raise BadInput(f"{shown} cannot be created: {str(blocker)!r} is a file")
+        raise BadInput(f"{named} cannot be created: {quoted_path(blocker)} is a file")
     made = any(path.parent.resolve() == Path(d).resolve() for d in made_folders)
     if not path.parent.is_dir() and not made:
-        raise BadInput(f"{shown}: folder {str(path.parent)!r} does not exist")
+        raise BadInput(f"{named}: folder {quoted_path(path.parent)} does not exist")
     for source in inputs:
         if _same_file(path, Path(source)):
-            raise BadInput(f"{shown} is an input of this command ({str(source)!r}); "
+            raise BadInput(f"{named} is an input of this command ({quoted_path(source)}); "
                            "give another output file")
     in_run = any(path.parent.resolve() == Path(d).resolve() for d in run_dirs)
-    named = path.name in RUN_FILES and (path.exists() or in_run)
-    if path.suffix == ".pt" or named:
-        shown_names = ", ".join(n for n in RUN_FILES if not n.endswith(".pt"))
-        raise BadInput(f"{shown} is a run file (*.pt{', ' if shown_names else ''}"
-                       f"{shown_names}); give another output file")
+    run_file = path.name in RUN_FILES and (path.exists() or in_run)
+    if path.suffix == ".pt" or run_file:
+        file_names = ", ".join(n for n in RUN_FILES if not n.endswith(".pt"))
+        raise BadInput(f"{named} is a run file (*.pt{', ' if file_names else ''}"
+                       f"{file_names}); give another output file")
     folder = path.parent if path.parent.is_dir() else blocker
     if not _writable(folder) or (path.exists() and not os.access(path, os.W_OK)):
-        raise BadInput(f"{shown} is not writable (permission denied or a read-only file system)")
+        raise BadInput(f"{named} is not writable (permission denied or a read-only file system)")
+    if path.exists():
+        _replaced.setdefault(REPLACED_NOTE.format(option=option, path=quoted_path(path)),
+                             (path, _signature(path)))
 
 
 def _writable(folder: Path) -> bool:
@@ -155,12 +219,13 @@ def check_output_dir(option: str, path: Path, *, writable: bool = True) -> None:
     with ``writable``, whose nearest existing folder is not writable)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise BadInput(f"{option} {str(path)!r} is a file; give a folder")
+        raise BadInput(f"{option} {quoted_path(path)} is a file; give a folder")
     blocker = next((p for p in path.parents if p.exists()), Path("."))
     if not blocker.is_dir():
-        raise BadInput(f"{option} {str(path)!r} cannot be created: {str(blocker)!r} is a file")
+        raise BadInput(f"{option} {quoted_path(path)} cannot be created: {quoted_path(blocker)} "
+                       f"is a file")
     if writable and not _writable(blocker):
-        raise BadInput(f"{option} {str(path)!r} is not writable (permission denied)")
+        raise BadInput(f"{option} {quoted_path(path)} is not writable (permission denied)")
 
 
 def require_expr(act: str, expr: str | None) -> None:

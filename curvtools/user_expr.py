@@ -1,7 +1,10 @@
 """User-defined activations: parse ``--expr`` text into a sympy expression in real ``x`` and
 refuse any expression that is not real and finite at every real x.
 
-Imports nothing else of curvtools except the error type, so that both the registry
+The text is data (it may come from a downloaded checkpoint or spec): it is read by the
+whitelist parser :mod:`curvtools.expr_parser`, never evaluated as Python.
+
+Imports nothing else of curvtools except the error type and the parser, so that both the registry
 (:mod:`curvtools.activations`) and the torch modules (:mod:`curvtools.torch_activations`) can
 use it without importing each other. sympy is imported on first use.
 
@@ -14,9 +17,10 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 
 
 def symbol_x():
@@ -41,62 +45,40 @@ def check_user_expr(text: str) -> str | None:
 
 # --- parsing -------------------------------------------------------------------------------------
 
-# Names a user expression may use; everything else is rejected (sympify would otherwise accept
-# arbitrary Python). Maps to sympy objects.
-_ALLOWED_FUNCTIONS = (
-    "exp", "log", "sqrt", "tanh", "sinh", "cosh", "sin", "cos", "atan", "erf", "erfc",
-    "Abs", "Max", "Min", "sign", "pi", "E", "Piecewise", "Heaviside",
-)
-
-
-def parse_user_expression(text: str):
+def parse_user_expression(text: str, params: Mapping[str, float] | None = None):
     """Parse a user activation such as ``"x*tanh(x)"`` into a sympy expression in real ``x``.
 
-    Also accepts ``sigmoid(z)`` and ``softplus(z)``. Raises :class:`BadInput` when the text does
-    not parse, uses unknown names, is not a function of ``x`` alone, or is not real and finite
-    at every real x (``1/x``, ``log(x)``, ``sqrt(x)``: an activation sees every real input).
+    The text is read by the whitelist parser :mod:`curvtools.expr_parser` (never evaluated as
+    Python): numbers, ``x``, the names in ``params`` (an activation's own parameters, as exact
+    numbers), ``+ - * / ** ^``, juxtaposition, the functions ``exp log ln sqrt tanh sinh cosh sin
+    cos atan erf erfc Abs abs Max Min sign Heaviside sigmoid softplus Piecewise`` and the
+    constants ``pi``, ``E``. Raises :class:`BadInput` when the text does not parse, uses unknown
+    names, is too long or too large, is not a function of ``x``, or is not real and finite at
+    every real x (``1/x``, ``log(x)``, ``sqrt(x)``: an activation sees every real input).
     """
-    sp = _sp()
-    from sympy.parsing.sympy_parser import (
-        convert_xor,
-        implicit_multiplication,
-        parse_expr,
-        standard_transformations,
-    )
+    if not isinstance(text, str):
+        raise BadInput(f"--expr {shown(text)} must be text, an expression in x such as "
+                       "'x*tanh(x)'")
+    return _parse_checked(text, tuple(sorted((params or {}).items())))
 
-    if not isinstance(text, str) or not text.strip():
-        raise BadInput("--expr must be a non-empty expression in x, e.g. 'x*tanh(x)'")
+
+@lru_cache(maxsize=256)  # resolve(), expr() and module() parse the same text again and again
+def _parse_checked(text: str, params: tuple[tuple[str, float], ...]):
+    sp = _sp()
+    from curvtools.expr_parser import parse_expression
+
     x = symbol_x()
-    local = {name: getattr(sp, name) for name in _ALLOWED_FUNCTIONS}
-    local.update({
-        "x": x,
-        "sigmoid": lambda z: 1 / (1 + sp.exp(-z)),
-        "softplus": lambda z: sp.log(1 + sp.exp(z)),
-        "ln": sp.log,
-        "abs": sp.Abs,
-    })
-    transformations = standard_transformations + (convert_xor, implicit_multiplication)
-    try:
-        expr = parse_expr(text, local_dict=local, global_dict={"Integer": sp.Integer,
-                          "Float": sp.Float, "Rational": sp.Rational, "Symbol": sp.Symbol,
-                          "Function": sp.Function},
-                          transformations=transformations, evaluate=True)
-    except Exception as err:  # sympy raises many kinds (SyntaxError, TokenError, TypeError)
-        raise BadInput(f"--expr {text!r} does not parse: {type(err).__name__}") from None
+    symbols = {name: sp.nsimplify(value, rational=True) for name, value in params}
+    expr = parse_expression(text, x, symbols)
     if not isinstance(expr, sp.Expr):
-        raise BadInput(f"--expr {text!r} is not an expression in x")
-    undefined = [f for f in expr.atoms(sp.Function) if isinstance(f, sp.core.function.AppliedUndef)]
-    if undefined:
-        raise BadInput(f"--expr {text!r} uses unknown function {undefined[0].func}; "
-                       f"allowed: {', '.join(_ALLOWED_FUNCTIONS)}, sigmoid, softplus")
-    free = expr.free_symbols
-    if free != {x}:
-        other = sorted(str(s) for s in free - {x})
-        if other:
-            raise BadInput(
-                f"--expr {text!r} must be a function of x only, found {', '.join(other)}")
-        raise BadInput(f"--expr {text!r} does not depend on x")
-    _require_real_and_finite(expr, text)
+        raise BadInput(f"--expr {shown(text)} is not an expression in x")
+    if x not in expr.free_symbols:
+        raise BadInput(f"--expr {shown(text)} does not depend on x")
+    try:
+        _require_real_and_finite(expr, text)
+    except (ArithmeticError, RecursionError) as err:  # e.g. float() of x**(10**200)
+        raise BadInput(f"--expr {shown(text)} cannot be checked for every real x "
+                       f"({type(err).__name__}); write it with smaller numbers") from None
     return expr
 
 
@@ -248,9 +230,9 @@ def _require_real_and_finite(expr, text: str) -> None:
     for bad, why in _bad_sets(expr, x, sp.S.Reals):
         where = _describe(bad, x)
         if where is not None:
-            raise BadInput(f"--expr {text!r} is not defined {where} ({why}); "
+            raise BadInput(f"--expr {shown(text)} is not defined {where} ({why}); "
                            "an activation must be real and finite for every real x")
     where = _numeric_probe(expr, x)
     if where is not None:
-        raise BadInput(f"--expr {text!r} is not a finite real number {where}; "
+        raise BadInput(f"--expr {shown(text)} is not a finite real number {where}; "
                        "an activation must be real and finite for every real x")

@@ -140,8 +140,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from harness.rundir import refuse_user_module
 
     refuse_user_module(path, payload.get("config"))
+    from curvtools.plugins import PluginUnavailable
+
     try:
         model = build_model(payload["config"])
+    except PluginUnavailable as err:  # the config is fine; the plugin it names is not here
+        raise BadInput(f"checkpoint {str(path)!r}: {err}") from None
     except BadInput as err:
         raise BadInput(f"checkpoint {str(path)!r} has a bad model config: {err}") from None
     load_state_checked(model, payload["model"],

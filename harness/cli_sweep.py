@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from curvtools.clirun import check_output_dir, check_output_path
+from curvtools.act_options import trust_typed_plugins
+from curvtools.clirun import check_output_dir, check_output_path, quoted_path
 from curvtools.fileio import write_json_atomic
 
 
@@ -91,6 +92,7 @@ def sweep(
     spec_file = [Path(spec)] if Path(spec).is_file() else []
     spec_obj = load_spec(spec)
     settings = parse_settings(set_ or [])
+    trust_typed_plugins(settings.get("act"), settings.get("arch"))  # --set act=mypkg.acts:X
     if data is not None:
         settings["dataset"] = data
     if data_dir is not None:
@@ -129,6 +131,9 @@ def sweep(
             print(f"error: {err} (rerun with --keep-going to go on with the other runs)",
                   file=sys.stderr)
             raise typer.Exit(3) from None
+        except KeyboardInterrupt:  # where the sweep stands; the runs resume from last.pt
+            print(interrupted_line(spec_obj.name, plan, json_path), file=sys.stderr)
+            raise typer.Exit(130) from None
         failed = getattr(runner, "failed", {})
         done = "submitted" if executor == "slurm" and not wait else "finished"
         print(f"sweep {spec_obj.name}: {done} {len(ran)} runs, {len(failed)} failed, "
@@ -139,6 +144,22 @@ def sweep(
                                       "plan": _plan_rows(plan), "ran": ran, "failed": failed})
     if failed:
         raise typer.Exit(1)
+
+
+def interrupted_line(spec_name: str, plan, json_path: Path | None) -> str:
+    """Ctrl-C during a sweep: which runs are finished now, which are not, how to continue."""
+    from harness.sweep import finished_epochs
+
+    finished, unfinished = [], []
+    for run in plan:
+        done = finished_epochs(run.out_dir) if run.out_dir.exists() else 0
+        (finished if done >= run.epochs_total else unfinished).append(
+            run.name if done >= run.epochs_total else f"{run.name} ({done}/{run.epochs_total})")
+    written = f"; {quoted_path(json_path)} was not written" if json_path is not None else ""
+    return (f"interrupted: sweep {spec_name} has {len(finished)} of {len(plan)} runs finished"
+            + (f"; unfinished: {', '.join(unfinished)}" if unfinished else "")
+            + f"{written}; run the same harness sweep command again to continue (finished runs "
+              "are skipped, the others resume from their last.pt)")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ default. Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverg
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -14,14 +15,20 @@ from typing import Annotated, Any
 
 import typer
 
-from curvtools.act_options import activation_parameters, with_activation_options
-from curvtools.clirun import check_output_path, require_expr
-from curvtools.errors import BadInput, check_seed
+from curvtools.act_options import (
+    activation_parameters,
+    trust_typed_plugins,
+    with_activation_options,
+)
+from curvtools.clirun import check_output_path, quoted_path, require_expr
+from curvtools.errors import BadInput, check_seed, shown
 from curvtools.fileio import json_safe, write_json_atomic
 from curvtools.progress import advance, new_progress
+from harness.report import robust_above_clean_note
 
 TRAIN_PANEL = "Data"
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 # harness.attacks.names() without importing torch for --help (a test keeps them equal)
 ATTACK_HELP = ("pgd (ours, the paper's), torchattacks-pgd, autoattack (linf or l2), fgsm, "
                "apgd-ce, apgd-dlr, fab, square, cw, or torchattacks:NAME[:key=value,...] for "
@@ -43,7 +50,7 @@ def _parse_milestones(text: str) -> list[float] | None:
     try:
         return [float(t) for t in re.split(r"[,\s]+", text.strip()) if t]
     except ValueError:
-        raise BadInput(f"--lr-milestones {text!r} must be comma-separated epochs "
+        raise BadInput(f"--lr-milestones {shown(text)} must be comma-separated epochs "
                        f"(e.g. 100,150) or 'auto'") from None
 
 
@@ -127,6 +134,10 @@ def train_command(
                              ] = 1,
     attack_bn: Annotated[str, typer.Option(help="BatchNorm mode during the training attack: "
                                                 "train (authors' code) or eval.")] = "train",
+    allow_unusual_eps: Annotated[bool, typer.Option(
+        "--allow-unusual-eps",
+        help="Accept an --eps-255 below 1 or above 255 (else refused: likely given in the "
+             "wrong units).")] = False,
     seed: Annotated[int, typer.Option(help="Seed of init, data order and attack starts.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 autocast with loss scaling on "
@@ -234,12 +245,20 @@ def eval_command(
                                                 "auto (as harness train).")] = "fp32",
     dataset: Annotated[str | None, typer.Option(help="Override the run's dataset.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Override the run's data_dir.")] = None,
+    allow_unusual_eps: Annotated[bool, typer.Option(
+        "--allow-unusual-eps",
+        help="Accept an --eps-255 below 1 (else refused: likely a [0, 1] fraction such as "
+             "0.031 given where 1/255 units belong).")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the result as JSON.")
                          ] = None,
 ) -> None:
     """Clean and robust test accuracy of a checkpoint (PGD-20, 5 restarts by default)."""
     check_seed("--seed", seed)
+    check_eval_eps(eps_255, allow_unusual_eps)
+    from harness.attacks import check_attack_name
+
+    check_attack_name(attack)  # torchattacks:APGD:steps=1 beside --steps: refused before work
     from curvtools.checkpoint_paths import resolve_checkpoints
 
     choice = resolve_checkpoints(ckpt, "--ckpt", series=False)
@@ -251,16 +270,35 @@ def eval_command(
 
     explicit = {THREAT_OPTIONS[o] for o in _explicit_options(ctx) if o in THREAT_OPTIONS}
     bar = _EvalBar(progress, requested=n, split=split)
-    with bar:
-        result = evaluate_checkpoint(
-            ckpt, n=n, steps=steps, restarts=restarts, eps_255=eps_255, alpha_255=alpha_255,
-            norm=norm, attack=attack, device=device, batch_size=batch_size, seed=seed,
-            precision=precision, dataset=dataset, data_dir=data_dir, split=split,
-            explicit=explicit, on_start=bar.start, on_batch=bar.step)
+    try:
+        with bar:
+            result = evaluate_checkpoint(
+                ckpt, n=n, steps=steps, restarts=restarts, eps_255=eps_255, alpha_255=alpha_255,
+                norm=norm, attack=attack, device=device, batch_size=batch_size, seed=seed,
+                precision=precision, dataset=dataset, data_dir=data_dir, split=split,
+                explicit=explicit, on_start=bar.start, on_batch=bar.step)
+    except KeyboardInterrupt:
+        print(bar.interrupted(json_path), file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     print(f"{ckpt} (epoch {result['epoch']}), {result['n']} {split} images: clean "
           f"{100 * result['clean_acc']:.2f}%, robust {100 * result['robust_acc']:.2f}% "
-          f"[{bar.what}, {result['precision']}, {result['seconds']:.1f}s]")
+          f"[{bar.what}, {result['precision']}, {result['seconds']:.1f}s]"
+          + robust_above_clean_note(result["clean_acc"], result["robust_acc"]))
     _write_json(json_path, result)
+
+
+def check_eval_eps(eps_255: float | None, allow_unusual: bool) -> None:
+    """``harness eval --eps-255``: 0 or a plausible radius in 1/255 units (``TrainConfig``'s
+    rule); a value in (0, 1) only with ``--allow-unusual-eps``, one above 255 never."""
+    if eps_255 is None or eps_255 == 0 or not math.isfinite(eps_255):
+        return  # negative and non-finite values are refused with the other numbers
+    if 0 < eps_255 < 1 and not allow_unusual:
+        raise BadInput(f"--eps-255 {eps_255:g} is below 1/255: it looks like a radius in [0, 1] "
+                       f"pixel units ({eps_255:g} = {255 * eps_255:.3g}/255); give --eps-255 "
+                       f"{255 * eps_255:.3g}, or add --allow-unusual-eps if you mean it")
+    if eps_255 > 255:
+        raise BadInput(f"--eps-255 {eps_255:g} is above 255/255, a radius beyond the [0, 1] "
+                       f"image range")
 
 
 class _EvalBar:
@@ -270,6 +308,7 @@ class _EvalBar:
     def __init__(self, enabled: bool, requested: int | None = None, split: str = "test"):
         self.enabled, self.progress, self.task = enabled, None, None
         self.requested, self.what, self.split = requested, "", split
+        self.done, self.total = 0, None
 
     def __enter__(self):
         if self.enabled:
@@ -283,7 +322,7 @@ class _EvalBar:
         return False
 
     def start(self, total: int, attack: Any, images: int) -> None:
-        self.what = attack.describe()
+        self.what, self.total = attack.describe(), total
         if self.requested is not None and self.requested > images:
             print(f"note: --n {self.requested} asks for more {self.split} images than the set "
                   f"has; evaluating all {images}", file=sys.stderr)
@@ -293,8 +332,17 @@ class _EvalBar:
             self.task = self.progress.add_task("eval", total=total, rate="")
 
     def step(self) -> None:
+        self.done += 1
         if self.progress is not None and self.task is not None:
             advance(self.progress, self.task, unit="batch")
+
+    def interrupted(self, json_path: Path | None) -> str:
+        """Ctrl-C: where the evaluation stood, that nothing was written, how to continue."""
+        where = (f"after {self.done} of {self.total} batches" if self.total is not None
+                 else "before the first batch")
+        written = f"; {quoted_path(json_path)} was not written" if json_path is not None else ""
+        return (f"interrupted {where}: no result{written} (an evaluation does not resume: run "
+                f"the same command again, or a smaller --n, to get one)")
 
 
 def demo_command(
@@ -323,6 +371,7 @@ def demo_command(
         raise BadInput(f"--epochs {epochs} must be >= 1")
     check_seed("--seed", seed)
     acts = act or ["relu", "silu"]
+    trust_typed_plugins(*acts)
     for name in acts:  # run_demo checks again; here so that nothing is printed first
         demo_config(name, epochs, seed)
     run_dirs = check_demo_dirs(acts, out) if out is not None else []

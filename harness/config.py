@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from curvtools.checks import is_int, is_number
-from curvtools.errors import SEED_LIMIT, BadInput
+from curvtools.errors import SEED_LIMIT, BadInput, shown
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTACK_BN_MODES = ("train", "eval")
@@ -34,7 +34,7 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # moves an auto learning-rate milestone the trained epochs have passed, check_resume_config).
 RESUMABLE_CHANGES = ("epochs", "device", "sync_bn", "compile", "compile_mode", "cuda_graphs",
                      "save_every", "hessian_every", "hessian_examples", "data_dir", "download",
-                     "eval_batch_size")
+                     "eval_batch_size", "allow_unusual_eps")
 
 
 @dataclass
@@ -84,6 +84,9 @@ class TrainConfig:
     eval_steps: int = 10
     eval_restarts: int = 1
     attack_bn: str = "train"
+    # eps_255 in (0, 1) (a fraction such as 0.031 given instead of 1/255 units) or above 255 (a
+    # radius beyond the [0, 1] image range) is refused unless this is true
+    allow_unusual_eps: bool = False
     # run
     seed: int = 0
     device: str = "auto"
@@ -138,7 +141,8 @@ class TrainConfig:
 
         return ThreatModel.from_255(eps_255=self.eps_255, step_255=self.alpha_255, norm=self.norm,
                                     steps=self.train_steps, restarts=self.train_restarts,
-                                    bn_mode=self.attack_bn)
+                                    bn_mode=self.attack_bn,
+                                    allow_unusual_eps=self.allow_unusual_eps)
 
     def eval_threat(self):
         """The :class:`~harness.attacks.ThreatModel` of the per-epoch evaluation (BatchNorm in
@@ -147,7 +151,7 @@ class TrainConfig:
 
         return ThreatModel.from_255(eps_255=self.eps_255, step_255=self.alpha_255, norm=self.norm,
                                     steps=self.eval_steps, restarts=self.eval_restarts,
-                                    bn_mode="eval")
+                                    bn_mode="eval", allow_unusual_eps=self.allow_unusual_eps)
 
     def validate(self) -> None:
         """Raise :class:`BadInput` naming the first bad setting."""
@@ -172,8 +176,8 @@ def upgrade_legacy(d: Mapping[str, Any]) -> dict[str, Any]:
     if given:
         params = out.get("act_params")
         if params not in (None, {}) and dict(params) != given:
-            raise BadInput(f"settings give activation parameters twice: act_params={params!r} "
-                           f"and {', '.join(f'{k}={v!r}' for k, v in given.items())}")
+            raise BadInput(f"settings give activation parameters twice: "
+                           f"act_params={shown(params)} and {shown(given)}")
         out["act_params"] = given
     return out
 
@@ -183,68 +187,122 @@ def _need(ok: bool, message: str) -> None:
         raise BadInput(message)
 
 
+def _kind(value: Any) -> str:
+    """What a value of the wrong type is, for a message: ``text``, ``a bool``, ``null``."""
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, str):
+        return "text"
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return "a number" if is_number(value) else "a non-finite number"
+    return f"a {type(value).__name__}"
+
+
+def _need_number(c: TrainConfig, name: str, ok: Any, rule: str) -> None:
+    """``c.name`` is a finite number (not a bool, not text) for which ``ok(value)`` holds."""
+    value = getattr(c, name)
+    _need(is_number(value), f"{name}={shown(value)} must be a number {rule}, not {_kind(value)}")
+    _need(ok(value), f"{name}={shown(value)} must be {rule}")
+
+
+def _need_int(c: TrainConfig, name: str, low: int, rule: str = "", optional: bool = False
+              ) -> None:
+    """``c.name`` is an integer >= ``low`` (or None when ``optional``)."""
+    value = getattr(c, name)
+    if optional and value is None:
+        return
+    wanted = f"an integer >= {low}{rule}"
+    _need(is_int(value), f"{name}={shown(value)} must be {wanted}, not {_kind(value)}")
+    _need(value >= low, f"{name}={shown(value)} must be {wanted}")
+
+
+def _need_bool(c: TrainConfig, name: str, optional: bool = False) -> None:
+    value = getattr(c, name)
+    wanted = "true, false or null (auto)" if optional else "true or false"
+    _need(isinstance(value, bool) or (optional and value is None),
+          f"{name}={shown(value)} must be {wanted}, not {_kind(value)}")
+
+
+def _need_choice(c: TrainConfig, name: str, allowed: tuple[str, ...]) -> None:
+    value = getattr(c, name)
+    _need(isinstance(value, str) and value in allowed,
+          f"{name}={shown(value)}; allowed: {', '.join(allowed)}")
+
+
+def _check_eps(c: TrainConfig) -> None:
+    """eps_255 in 1/255 units: 0 (no attack) or a plausible radius, unless allowed."""
+    _need_number(c, "eps_255", lambda v: v >= 0, ">= 0 (in 1/255 units; the paper: 8)")
+    if c.allow_unusual_eps or c.eps_255 == 0:
+        return
+    _need(not 0 < c.eps_255 < 1,
+          f"eps_255={shown(c.eps_255)} is below 1/255: it looks like a radius in [0, 1] pixel "
+          f"units ({c.eps_255:g} = {255 * c.eps_255:.3g}/255) given where 1/255 units belong; "
+          f"give eps_255={255 * c.eps_255:.3g} (--eps-255 {255 * c.eps_255:.3g}), or set "
+          f"allow_unusual_eps (--allow-unusual-eps) if you mean it")
+    _need(c.eps_255 <= 255,
+          f"eps_255={shown(c.eps_255)} is above 255/255, a radius beyond the [0, 1] image range; "
+          f"set allow_unusual_eps (--allow-unusual-eps) if you mean it")
+
+
 def _validate(c: TrainConfig) -> None:
     from harness.attacks import normalize_norm_name
     from harness.datasets import check_spec, help_text
     from harness.models import check_arch
 
     _need(isinstance(c.dataset, str) and c.dataset.strip() != "",
-          f"dataset={c.dataset!r} must be a name ({help_text()})")
+          f"dataset={shown(c.dataset)} must be a name ({help_text()})")
     check_spec(c.dataset)  # the form only: a typo fails at once, even in a sweep's dry run
-    _need(is_number(c.val_fraction) and 0 < c.val_fraction < 1,
-          f"val_fraction={c.val_fraction!r} must be in (0, 1) (the paper: 0.1)")
+    _need_number(c, "val_fraction", lambda v: 0 < v < 1, "in (0, 1) (the paper: 0.1)")
     for name in ("split_seed", "seed"):
-        _need(is_int(getattr(c, name)) and 0 <= getattr(c, name) < SEED_LIMIT,
-              f"{name}={getattr(c, name)!r} must be an integer in [0, 2**63)")
+        value = getattr(c, name)
+        _need(is_int(value) and 0 <= value < SEED_LIMIT,
+              f"{name}={shown(value)} must be an integer in [0, 2**63)"
+              + ("" if is_int(value) else f", not {_kind(value)}"))
     for name in ("train_subset", "val_subset", "test_subset"):
-        v = getattr(c, name)
-        _need(v is None or (is_int(v) and v >= 1),
-              f"{name}={v!r} must be a positive integer or None (whole set)")
+        _need_int(c, name, 1, " or null (the whole set)", optional=True)
     _need(isinstance(c.act_params, Mapping) and all(isinstance(k, str) for k in c.act_params),
-          f"act_params={c.act_params!r} must be a mapping of parameter names to values")
+          f"act_params={shown(c.act_params)} must be a mapping of parameter names to values")
     c.act_params = dict(c.act_params)
+    _need(isinstance(c.arch, str), f"arch={shown(c.arch)} must be a name, not {_kind(c.arch)}")
     check_arch(c.arch)
-    _need(is_number(c.width) and c.width > 0, f"width={c.width!r} must be > 0 (1.0 = paper)")
+    _need_number(c, "width", lambda v: v > 0, "> 0 (1.0 = paper)")
+    _need(isinstance(c.act, str), f"act={shown(c.act)} must be a name, not {_kind(c.act)}")
     c.activation()
-    _need(is_int(c.epochs) and c.epochs >= 1, f"epochs={c.epochs!r} must be an integer >= 1")
+    _need_int(c, "epochs", 1)
     for name in ("batch_size", "eval_batch_size"):
-        v = getattr(c, name)
-        _need(is_int(v) and v >= 2, f"{name}={v!r} must be an integer >= 2")
-    _need(is_number(c.lr) and c.lr > 0, f"lr={c.lr!r} must be > 0")
+        _need_int(c, name, 2)
+    _need_number(c, "lr", lambda v: v > 0, "> 0")
     if c.lr_milestones is not None:
         ms = c.lr_milestones
         _need(isinstance(ms, list | tuple) and all(is_number(m) and m > 0 for m in ms)
               and list(ms) == sorted(ms),
-              f"lr_milestones={ms!r} must be increasing positive epochs, e.g. 100 150")
+              f"lr_milestones={shown(ms)} must be a list of increasing positive epochs, e.g. "
+              f"[100, 150], or null (auto)")
         c.lr_milestones = [float(m) for m in ms]
-    _need(is_number(c.lr_gamma) and c.lr_gamma > 0, f"lr_gamma={c.lr_gamma!r} must be > 0")
-    _need(is_number(c.momentum) and 0 <= c.momentum < 1,
-          f"momentum={c.momentum!r} must be in [0, 1)")
-    _need(is_number(c.weight_decay) and c.weight_decay >= 0,
-          f"weight_decay={c.weight_decay!r} must be >= 0")
-    _need(is_number(c.eps_255) and c.eps_255 >= 0,
-          f"eps_255={c.eps_255!r} must be >= 0 (in 1/255 units; the paper: 8)")
-    _need(is_number(c.alpha_255) and c.alpha_255 > 0,
-          f"alpha_255={c.alpha_255!r} must be > 0 (PGD step in 1/255 units; the paper: 2)")
+    _need_number(c, "lr_gamma", lambda v: v > 0, "> 0")
+    _need_number(c, "momentum", lambda v: 0 <= v < 1, "in [0, 1)")
+    _need_number(c, "weight_decay", lambda v: v >= 0, ">= 0")
+    _need_bool(c, "allow_unusual_eps")
+    _check_eps(c)
+    _need_number(c, "alpha_255", lambda v: v > 0, "> 0 (PGD step in 1/255 units; the paper: 2)")
+    _need(isinstance(c.norm, str), f"norm={shown(c.norm)} must be linf or l2, not "
+                                   f"{_kind(c.norm)}")
     c.norm = normalize_norm_name(c.norm)
     for name in ("train_steps", "eval_steps", "train_restarts", "eval_restarts"):
-        v = getattr(c, name)
-        _need(is_int(v) and v >= 1, f"{name}={v!r} must be an integer >= 1")
-    _need(c.attack_bn in ATTACK_BN_MODES,
-          f"attack_bn={c.attack_bn!r}; allowed: {', '.join(ATTACK_BN_MODES)}")
-    _need(c.precision in PRECISIONS,
-          f"precision={c.precision!r}; allowed: {', '.join(PRECISIONS)}")
-    _need(c.compile_mode in COMPILE_MODES,
-          f"compile_mode={c.compile_mode!r}; allowed: {', '.join(COMPILE_MODES)}")
+        _need_int(c, name, 1)
+    _need_choice(c, "attack_bn", ATTACK_BN_MODES)
+    _need_choice(c, "precision", PRECISIONS)
+    _need_choice(c, "compile_mode", COMPILE_MODES)
     for name in ("channels_last", "cuda_graphs"):
-        v = getattr(c, name)
-        _need(v is None or isinstance(v, bool), f"{name}={v!r} must be true, false or null (auto)")
+        _need_bool(c, name, optional=True)
     for name in ("save_every", "hessian_every"):
-        v = getattr(c, name)
-        _need(is_int(v) and v >= 0, f"{name}={v!r} must be an integer >= 0 (0 = off)")
-    _need(is_int(c.hessian_examples) and c.hessian_examples >= 1,
-          f"hessian_examples={c.hessian_examples!r} must be an integer >= 1")
-    _need(isinstance(c.sync_bn, bool), f"sync_bn={c.sync_bn!r} must be true or false")
+        _need_int(c, name, 0, " (0 = off)")
+    _need_int(c, "hessian_examples", 1)
+    _need_bool(c, "sync_bn")
+    _need(isinstance(c.device, str), f"device={shown(c.device)} must be auto, cpu, cuda or "
+                                     f"cuda:N, not {_kind(c.device)}")
     from harness.runtime import resolve_device
 
     resolve_device(c.device)

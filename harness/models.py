@@ -49,7 +49,7 @@ import torch.nn as nn
 
 from curvtools.activations import from_config, resolve
 from curvtools.checks import is_number
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 from curvtools.plugins import ARCHITECTURE_GROUP, from_entry_points, is_reference, load_reference
 from harness.nets import ActFactory, Normalized, PreActResNet, ResNet, WideResNet
 
@@ -97,9 +97,11 @@ def resolve_arch(arch: str) -> tuple[ArchSpec, dict[str, int]]:
     (an :class:`ArchSpec` in an importable module) or a name an installed package declares in
     the ``lowcurv.architectures`` entry-point group (:mod:`curvtools.plugins`). Raises BadInput
     for anything else."""
+    if not isinstance(arch, str):
+        raise BadInput(f"arch {shown(arch)} must be text; allowed: {arch_help()}")
     if is_reference(arch):
         return load_reference(arch, ArchSpec, "architecture"), {}
-    key = str(arch).strip().lower()
+    key = arch.strip().lower()
     for spec in REGISTRY.values():
         if spec.pattern is None:
             if key == spec.name:
@@ -110,12 +112,12 @@ def resolve_arch(arch: str) -> tuple[ArchSpec, dict[str, int]]:
             params = {k: int(v) for k, v in match.groupdict().items()}
             problem = spec.check(**params) if spec.check else None
             if problem:
-                raise BadInput(f"arch {arch!r}: {problem}")
+                raise BadInput(f"arch {shown(arch)}: {problem}")
             return spec, params
     plugin = from_entry_points(ARCHITECTURE_GROUP, key, ArchSpec, "architecture")
     if plugin is not None:
         return plugin, {}
-    raise BadInput(f"unknown arch {arch!r}; allowed: {arch_help()}, or a plugin "
+    raise BadInput(f"unknown arch {shown(arch)}; allowed: {arch_help()}, or a plugin "
                    f"(module:ATTRIBUTE naming an ArchSpec)")
 
 

@@ -87,8 +87,35 @@ def _epochs(n: int) -> str:
     return "1 epoch" if n == 1 else f"{n} epochs"
 
 
+# Why robust accuracy can exceed clean accuracy in this code (docs/trust.md), said where it shows:
+# - evaluation (harness eval, val/test each epoch): clean and robust correctness are counted at
+#   different points, x and the attack's end point x + delta; the attack never keeps x itself,
+#   and from a random start in few steps it can end where the model is right although it is
+#   wrong at x;
+# - training (train clean/robust each epoch): robust is measured on the adversarial batch before
+#   the optimizer step, with that batch's BatchNorm statistics; clean on the clean batch after
+#   the step, with the clean batch's statistics: other weights and other statistics.
+EVAL_NOTE = ("note: robust > clean can happen: robust accuracy is counted at the attack's end "
+             "point only, never at the clean image, and a random start with few steps can end "
+             "where the model is right (more --steps/--restarts, or --attack autoattack, give a "
+             "tighter number)")
+EPOCH_NOTE = {
+    "train": "train robust > clean: robust is measured before the step with the adversarial "
+             "batch's BatchNorm statistics, clean after it",
+    "val": "val robust > clean: the attack's random start never tries the clean image",
+    "test": "test robust > clean: the attack's random start never tries the clean image",
+}
+
+
+def robust_above_clean_note(clean_acc: float, robust_acc: float) -> str:
+    """``"; note: robust > clean can happen: ..."`` for a result line whose robust accuracy
+    exceeds its clean accuracy, else ``""``."""
+    return f"; {EVAL_NOTE}" if robust_acc > clean_acc else ""
+
+
 def format_epoch_line(row: Mapping[str, Any], epochs: int) -> str:
-    """One-line epoch summary, accuracies in percent."""
+    """One-line epoch summary, accuracies in percent; a part whose robust accuracy exceeds its
+    clean accuracy gets a short why (:data:`EPOCH_NOTE`)."""
     def pct(key):
         return f"{100 * row[key]:5.1f}" if key in row else "  -  "
 
@@ -99,6 +126,10 @@ def format_epoch_line(row: Mapping[str, Any], epochs: int) -> str:
             f"{pct('test_robust_acc')} | {row['train_seconds']:.1f}s + {row['eval_seconds']:.1f}s")
     if "hessian_lambda_max_mean" in row:
         text += f" | lambda_max mean {row['hessian_lambda_max_mean']:.3g}"
+    for part, note in EPOCH_NOTE.items():
+        clean, robust = row.get(f"{part}_clean_acc"), row.get(f"{part}_robust_acc")
+        if clean is not None and robust is not None and robust > clean:
+            text += f" | {note}"
     return text
 
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 from curvtools.runfiles import RUN_LOCK, read_metrics
 from harness.specs import Spec, load_spec, run_dir, write_manifest
 
@@ -121,7 +121,7 @@ def parse_settings(pairs: Iterable[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise BadInput(f"--set {pair!r}: expected KEY=VALUE, e.g. --set epochs=1")
+            raise BadInput(f"--set {shown(pair)}: expected KEY=VALUE, e.g. --set epochs=1")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -175,7 +175,8 @@ def _conflicts(planned: Any, stored: Mapping[str, Any]) -> list[str]:
     """Settings on which a run directory's config.json and the planned config disagree."""
     want = _as_dict(planned)
     free = set(_resumable_changes())
-    return [f"{key}: on disk {value!r}, spec {want[key]!r}" for key, value in stored.items()
+    return [f"{key}: on disk {shown(value)}, spec {shown(want[key])}"
+            for key, value in stored.items()
             if key in want and key not in free and not _same(want[key], value)]
 
 
@@ -236,8 +237,8 @@ def plan_sweep(spec: Spec | str | Path, runs_dir: str | Path, scale: str = "pape
         known = [name for name, _ in runs]
         for name in only:
             if name not in known:
-                raise BadInput(f"--only {name!r}: spec {spec.name!r} at scale {scale!r} has "
-                               f"runs {', '.join(known)}")
+                raise BadInput(f"--only {shown(name)}: spec {shown(spec.name)} at scale "
+                               f"{shown(scale)} has runs {', '.join(known)}")
         runs = [(name, cfg) for name, cfg in runs if name in only]
     from harness.datasets import absolute_data_settings
 

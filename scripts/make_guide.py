@@ -72,7 +72,16 @@ def generate() -> str:
              "Generated from the commands' own `--help` (option names, defaults, help texts) plus a short",
              "description of each. `curvtools COMMAND --help` / `harness COMMAND --help` print the same.",
              "Bad input anywhere gives one line `error: ...` on stderr and exit code 2; nothing on disk is",
-             "overwritten. Every command that produces numbers takes `--json PATH`.", ""]
+             "overwritten. Every command that produces numbers takes `--json PATH`.", "",
+             "Output files (`--json`, `--csv`, `--plot`), one rule for every command: an existing file is",
+             "replaced, and the command says so (`note: --json 'PATH' existed and was replaced`); it is",
+             "written when the work is done, so a command that fails, is refused or is interrupted leaves it",
+             "as it was. An input of the command, a checkpoint (`*.pt`) or a run file (`config.json`,",
+             "`metrics.jsonl`, `DONE`) is never an output file: refused before any work. Ctrl-C exits with",
+             "code 130; `harness train`, `eval` and `sweep` first say what finished and how to continue.", "",
+             "Plugins: a `module:ATTRIBUTE` activation or architecture typed on the command line is imported;",
+             "one named by a file (checkpoint, config.json, spec) only when `LOWCURV_PLUGINS` lists its module",
+             "(`LOWCURV_PLUGINS=mypkg.acts harness eval --ckpt ...`; `docs/trust.md`).", ""]
     lines.append("Contents: " + ", ".join(f"`{c}`" for c in ORDER) + ".\n")
     for name in ORDER + sorted(set(found) - set(ORDER)):
         lines += [f"## `{name}`", ""]

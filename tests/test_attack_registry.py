@@ -88,7 +88,7 @@ def test_any_torchattacks_class_is_reachable_through_one_adapter(problem):
     assert attack.perturb(net, x, y).shape == x.shape
     with pytest.raises(BadInput, match="no attack 'Nope'"):
         make_attack("torchattacks:Nope", threat)
-    with pytest.raises(BadInput, match="has no argument bogus"):
+    with pytest.raises(BadInput, match="has no argument 'bogus'"):
         make_attack("torchattacks:PGD:bogus=1", threat)
     with pytest.raises(BadInput, match="allowed: pgd"):
         make_attack("nonsense", threat)

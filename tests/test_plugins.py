@@ -1,10 +1,13 @@
 """A user's own activation and architecture, from the command line, without editing the package.
 
 A tiny plugin package (written here into a temporary folder on PYTHONPATH) defines an
-``ActivationSpec`` and an ``ArchSpec``; ``harness train`` trains with them, resumes, ``harness
-eval`` evaluates and ``curvtools hessian`` takes the spectra, each rebuilding the model from the
-run's config; the entry-point route (``lowcurv.activations``) works by name; a checkpoint whose
-plugin is not installed gives one line and exit code 2.
+``ActivationSpec`` and an ``ArchSpec``; ``harness train`` trains with them (typed on the command
+line: allowed), resumes, ``harness eval`` evaluates and ``curvtools hessian`` takes the spectra,
+each rebuilding the model from the run's config once ``LOWCURV_PLUGINS`` allows the plugin's
+module (a file alone never gets a module imported: the plugin logs every import, and the log
+stays empty); the entry-point route (``lowcurv.activations``) works by name; a checkpoint whose
+plugin is not installed gives one line and exit code 2; a module in the current folder is never
+imported implicitly.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import pytest
 
 PLUGIN = textwrap.dedent('''
     """A plugin for the lowcurv tests: squareplus and a tiny conv net."""
+    import os
+
     import torch
     from torch import nn
 
@@ -57,6 +62,10 @@ PLUGIN = textwrap.dedent('''
 
 
     TINY = ArchSpec("tiny", "tiny (a test plugin)", _tiny)
+
+    if os.environ.get("LOWCURV_TEST_IMPORT_LOG"):  # the tests see every import of this module
+        with open(os.environ["LOWCURV_TEST_IMPORT_LOG"], "a") as log:
+            log.write(__name__ + "\\n")
 ''')
 
 ENTRY_POINTS = textwrap.dedent("""
@@ -85,10 +94,19 @@ def plugin_path(tmp_path_factory):
     return root
 
 
-def _run(args: list[str], plugin: Path | None, cwd: Path) -> subprocess.CompletedProcess:
+def _run(args: list[str], plugin: Path | None, cwd: Path, allow: str | None = None,
+         log: Path | None = None) -> subprocess.CompletedProcess:
+    """``curvtools``/``harness`` in a fresh process; ``allow``: LOWCURV_PLUGINS (else unset);
+    ``log``: where the plugin records its imports."""
     repo = Path(__file__).resolve().parents[1]
     paths = [str(repo)] + ([str(plugin)] if plugin else [])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LOWCURV_PLUGINS", "LOWCURV_TEST_IMPORT_LOG")}
+    env.update(PYTHONPATH=os.pathsep.join(paths), OMP_NUM_THREADS="1")
+    if allow is not None:
+        env["LOWCURV_PLUGINS"] = allow
+    if log is not None:
+        env["LOWCURV_TEST_IMPORT_LOG"] = str(log)
     return subprocess.run([sys.executable, "-c", f"import sys; from {args[0]}.cli import main; "
                            f"main(sys.argv[1:])", *args[1:]], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
@@ -105,28 +123,42 @@ def test_plugin_activation_and_arch_train_resume_eval_and_hessian(plugin_path, t
     assert config["model_config"]["arch"] == "lowcurv_test_plugin:TINY"
     assert config["model_config"]["act"] == {"name": "lowcurv_test_plugin:SQUAREPLUS",
                                              "params": {"b": 2.0}}
-    resumed = _run(["harness", "train", "--out", str(run), "--resume", "--epochs", "2",
-                    "--no-progress"], plugin_path, tmp_path)
+    # the run's files name the plugin; without LOWCURV_PLUGINS its module is never imported
+    log = tmp_path / "imports.log"
+    resume = ["harness", "train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]
+    evaluate = ["harness", "eval", "--ckpt", str(run), "--n", "20", "--steps", "1",
+                "--no-progress", "--device", "cpu"]
+    hessian = ["curvtools", "hessian", "--ckpt", str(run / "last.pt"), "--n", "2",
+               "--device", "cpu"]
+    for command in (resume, evaluate):  # (hessian loads checkpoints as eval does)
+        refused = _run(command, plugin_path, tmp_path, log=log)
+        assert refused.returncode == 2, (command, refused.stderr)
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert "LOWCURV_PLUGINS=lowcurv_test_plugin" in errors[0], refused.stderr
+        assert not log.exists(), command
+    assert json.loads((run / "config.json").read_text())["train_config"]["epochs"] == 1
+    allow = "lowcurv_test_plugin"
+    resumed = _run(resume, plugin_path, tmp_path, allow=allow)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from epoch 1" in resumed.stdout
-    evaluated = _run(["harness", "eval", "--ckpt", str(run), "--n", "20", "--steps", "1",
-                      "--no-progress", "--device", "cpu"], plugin_path, tmp_path)
+    evaluated = _run(evaluate, plugin_path, tmp_path, allow=allow)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "(epoch 2), 20 test images" in evaluated.stdout
-    spectra = _run(["curvtools", "hessian", "--ckpt", str(run / "last.pt"), "--n", "2",
-                    "--device", "cpu"], plugin_path, tmp_path)
+    spectra = _run(hessian, plugin_path, tmp_path, allow=allow)
     assert spectra.returncode == 0, spectra.stderr
     curvature = _run(["curvtools", "curvature", "--act", "lowcurv_test_plugin:SQUAREPLUS",
                       "--act-param", "b=4"], plugin_path, tmp_path)
     assert curvature.returncode == 0, curvature.stderr
     assert "max f''" in curvature.stdout
 
-    # the same checkpoint where the plugin is not installed: one line, exit 2
+    # the same checkpoint where the plugin is allowed but not installed: one line, exit 2
     missing = _run(["harness", "eval", "--ckpt", str(run / "last.pt"), "--n", "20"], None,
-                   tmp_path)
+                   tmp_path, allow=allow)
     assert missing.returncode == 2
-    assert missing.stderr.strip().count("\n") == 0 and "not installed here" in missing.stderr
-    assert "Traceback" not in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0, missing.stderr
+    assert "plugin module 'lowcurv_test_plugin' is not installed/importable" in missing.stderr
+    assert "bad model config" not in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_entry_point_plugins_are_found_by_name(plugin_path, tmp_path):
@@ -143,3 +175,61 @@ def test_a_plugin_reference_must_name_a_registry_entry_not_a_function(plugin_pat
     assert bad.returncode == 2
     assert "not an ActivationSpec" in bad.stderr and "never a function to call" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_spec_naming_a_plugin_module_needs_lowcurv_plugins(plugin_path, tmp_path):
+    spec = tmp_path / "plug.json"
+    spec.write_text(json.dumps({
+        "name": "plug", "defaults": {"dataset": "digits", "epochs": 1},
+        "runs": [{"name": "sq", "overrides": {"act": "lowcurv_test_plugin:SQUAREPLUS"}}]}))
+    log = tmp_path / "imports.log"
+    dry = ["harness", "sweep", str(spec), "--dry-run", "--runs-dir", str(tmp_path / "runs")]
+    refused = _run(dry, plugin_path, tmp_path, log=log)
+    assert refused.returncode == 2 and "LOWCURV_PLUGINS=lowcurv_test_plugin" in refused.stderr
+    assert not log.exists()
+    allowed = _run(dry, plugin_path, tmp_path, allow="lowcurv_test_plugin", log=log)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "sq" in allowed.stdout and log.read_text().split() == ["lowcurv_test_plugin"]
+
+
+def test_a_plugin_module_in_the_current_folder_is_never_imported_implicitly(tmp_path):
+    (tmp_path / "cwd_plugin.py").write_text(PLUGIN)
+    log = tmp_path / "imports.log"
+    curvature = ["curvtools", "curvature", "--act", "cwd_plugin:SQUAREPLUS"]
+    here = _run(curvature, None, tmp_path, log=log)  # python -c puts '' (this folder) first
+    assert here.returncode == 2, here.stderr
+    assert "plugin module 'cwd_plugin' is not installed/importable" in here.stderr
+    assert not log.exists()
+    explicit = _run(curvature, tmp_path, tmp_path, log=log)  # the folder on PYTHONPATH
+    assert explicit.returncode == 0, explicit.stderr
+    assert log.read_text().split() == ["cwd_plugin"]
+
+
+def test_allowing_a_module_covers_its_submodules_and_lasts_one_command(monkeypatch):
+    from curvtools import plugins
+    from curvtools.activations import ActivationSpec
+    from curvtools.clirun import new_app, run_app
+
+    monkeypatch.delenv(plugins.ALLOW_ENV, raising=False)
+    with pytest.raises(plugins.PluginUnavailable, match="LOWCURV_PLUGINS=json"):
+        plugins.load_reference("json:JSONDecoder", ActivationSpec, "activation")
+    monkeypatch.setenv(plugins.ALLOW_ENV, " mypkg , json")
+    assert plugins.allowed_modules() == ("mypkg", "json")
+    assert plugins.is_allowed("mypkg.acts") and plugins.is_allowed("json")
+    assert not plugins.is_allowed("mypkgevil") and not plugins.is_allowed("os")
+    with pytest.raises(plugins.PluginUnavailable, match="not an ActivationSpec"):
+        plugins.load_reference("json:JSONDecoder", ActivationSpec, "activation")
+
+    app = new_app("test")
+
+    @app.command()
+    def allow_it(module: str) -> None:
+        plugins.allow(module)
+        assert plugins.is_allowed(module.partition(":")[0])
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    run_app(app, "test", ["allow-it", "mypkg2.acts:X"])
+    assert plugins.allowed_modules() == ("mypkg", "json")  # restored after the command

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 from harness.attacks.base import Attack
 from harness.attacks.pgd_attack import (
     PGD,
@@ -38,7 +38,7 @@ from harness.attacks.pgd_attack import (
 )
 from harness.attacks.threat import ThreatModel, normalize_norm_name
 from harness.attacks.torchattacks_adapter import PREFIX as TORCHATTACKS
-from harness.attacks.torchattacks_adapter import TorchattacksAttack, parse_name
+from harness.attacks.torchattacks_adapter import TorchattacksAttack, check_options, parse_name
 
 # build(threat, num_classes, seed) -> Attack
 Factory = Callable[[ThreatModel, int, int], Attack]
@@ -86,6 +86,21 @@ def _torchattacks(class_name: str, **options) -> Factory:
     return build
 
 
+def check_attack_name(name: str) -> None:
+    """Refuse, before any work, an attack name :func:`make_attack` would refuse for its form: an
+    unknown name, a torchattacks class that does not exist, an option it does not take or one
+    the threat model sets (``torchattacks:APGD:steps=1``). Option values are checked when the
+    attack is built."""
+    if not isinstance(name, str):
+        raise BadInput(f"attack {shown(name)} must be a name; allowed: {', '.join(names())}")
+    key = name.strip()
+    if key.startswith(TORCHATTACKS + ":"):
+        check_options(*parse_name(key))
+    elif key.lower() not in REGISTRY:
+        raise BadInput(f"attack {shown(name)}; allowed: {', '.join(names())} or "
+                       f"{TORCHATTACKS}:NAME (any torchattacks attack)")
+
+
 def make_attack(name: str, threat: ThreatModel, *, num_classes: int = 10, seed: int = 0,
                 explicit: Iterable[str] = ()) -> Attack:
     """The attack ``name`` under ``threat``.
@@ -94,19 +109,18 @@ def make_attack(name: str, threat: ThreatModel, *, num_classes: int = 10, seed: 
     ``restarts``, ``random_start``, ``bn_mode``); one the attack cannot honour raises
     :class:`BadInput` naming it and what the attack does use, so no setting is dropped silently.
     """
+    check_attack_name(name)
     key = name.strip()
     if key.startswith(TORCHATTACKS + ":"):
         class_name, options = parse_name(key)
         attack = TorchattacksAttack(threat, class_name, num_classes=num_classes, seed=seed,
                                     options=options)
-    elif key.lower() in REGISTRY:
-        attack = REGISTRY[key.lower()].build(threat, num_classes, seed)
     else:
-        raise BadInput(f"attack {name!r}; allowed: {', '.join(names())} or "
-                       f"{TORCHATTACKS}:NAME (any torchattacks attack)")
+        attack = REGISTRY[key.lower()].build(threat, num_classes, seed)
     ignored = sorted(set(explicit) - set(attack.honours))
     if ignored:
-        raise BadInput(f"attack {name} does not use {', '.join(ignored)}; it uses "
+        label = key.lower() if key.lower() in REGISTRY else attack.name  # both known names
+        raise BadInput(f"attack {label} does not use {', '.join(ignored)}; it uses "
                        f"{', '.join(sorted(attack.honours))}")
     return attack
 
@@ -126,5 +140,5 @@ register("cw", "Carlini-Wagner l2 (minimum norm; only perturbations within eps c
          _torchattacks("CW"))
 
 __all__ = ["Attack", "AttackEntry", "PGD", "REGISTRY", "ThreatModel", "TorchattacksAttack",
-           "attack_loss", "autocast", "draw_starts", "make_attack", "names",
+           "attack_loss", "autocast", "check_attack_name", "draw_starts", "make_attack", "names",
            "normalize_norm_name", "pgd", "register", "reporting_restarts", "uses_batch_statistics"]

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 from harness.attacks.base import Attack
 from harness.attacks.threat import ThreatModel, normalize_norm_name
 
@@ -234,7 +234,7 @@ def _check_args(x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, step
     if int(restarts) != restarts or restarts < 1:
         raise BadInput(f"restarts={restarts} must be an integer >= 1")
     if bn_mode not in ("train", "eval", "keep"):
-        raise BadInput(f"bn_mode={bn_mode!r}; allowed: train, eval, keep")
+        raise BadInput(f"bn_mode={shown(bn_mode)}; allowed: train, eval, keep")
     if x.shape[0] != y.shape[0]:
         raise BadInput(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
 

@@ -14,11 +14,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
-from curvtools.checks import is_int
-from curvtools.errors import BadInput
+from curvtools.checks import is_int, is_number
+from curvtools.errors import BadInput, shown
 
 NORMS = ("linf", "l2")
 BN_MODES = ("train", "eval", "keep")
@@ -29,8 +28,13 @@ def normalize_norm_name(norm: str) -> str:
     """``"linf"`` or ``"l2"`` for the accepted spellings (``l_inf``, ``inf``, ``l_2``)."""
     key = str(norm).strip().lower()
     if key not in _NORM_ALIASES:
-        raise BadInput(f"norm {norm!r}; allowed: linf, l2")
+        raise BadInput(f"norm {shown(norm)}; allowed: linf, l2")
     return _NORM_ALIASES[key]
+
+
+def _whole(value: object) -> bool:
+    """An integer, or a float holding one (``20.0``); never a bool or text."""
+    return is_int(value) or (is_number(value) and float(value).is_integer())
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class ThreatModel:
         random_start: start from a uniform point of the ball (else from 0).
         bn_mode: BatchNorm during the attack: ``"train"`` (batch statistics, running statistics
             move: the authors' training attack), ``"eval"`` (evaluation) or ``"keep"``.
+        allow_unusual_eps: accept ``eps > 1``. Images are in [0, 1], so such a radius is almost
+            always 1/255 units given as pixel units (``eps=8`` for 8/255): refused unless this
+            is true.
     """
 
     norm: str = "linf"
@@ -55,19 +62,27 @@ class ThreatModel:
     restarts: int = 1
     random_start: bool = True
     bn_mode: str = "eval"
+    allow_unusual_eps: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", normalize_norm_name(self.norm))
-        if not (isinstance(self.eps, int | float) and 0 <= self.eps < math.inf):
-            raise BadInput(f"eps={self.eps} must be a finite number >= 0")
-        if not (isinstance(self.step, int | float) and 0 <= self.step < math.inf):
-            raise BadInput(f"step={self.step} must be a finite number >= 0")
-        if not (is_int(self.steps) or float(self.steps).is_integer()) or self.steps < 0:
-            raise BadInput(f"steps={self.steps} must be an integer >= 0")
-        if not (is_int(self.restarts) or float(self.restarts).is_integer()) or self.restarts < 1:
-            raise BadInput(f"restarts={self.restarts} must be an integer >= 1")
+        if not (is_number(self.eps) and self.eps >= 0):
+            raise BadInput(f"eps={shown(self.eps)} must be a finite number >= 0")
+        if self.eps > 1 and self.allow_unusual_eps is not True:
+            raise BadInput(f"eps={shown(self.eps)} is larger than 1, the whole [0, 1] pixel "
+                           f"range: eps is in pixel units, not 1/255 (use "
+                           f"ThreatModel.from_255(eps_255={shown(self.eps)}, ...)); pass "
+                           f"allow_unusual_eps=True if you mean it")
+        if not (is_number(self.step) and self.step >= 0):
+            raise BadInput(f"step={shown(self.step)} must be a finite number >= 0")
+        if not _whole(self.steps) or self.steps < 0:
+            raise BadInput(f"steps={shown(self.steps)} must be an integer >= 0")
+        if not _whole(self.restarts) or self.restarts < 1:
+            raise BadInput(f"restarts={shown(self.restarts)} must be an integer >= 1")
         if self.bn_mode not in BN_MODES:
-            raise BadInput(f"bn_mode={self.bn_mode!r}; allowed: {', '.join(BN_MODES)}")
+            raise BadInput(f"bn_mode={shown(self.bn_mode)}; allowed: {', '.join(BN_MODES)}")
+        if not isinstance(self.random_start, bool):
+            raise BadInput(f"random_start={shown(self.random_start)} must be True or False")
 
     @classmethod
     def from_255(cls, *, eps_255: float, step_255: float, **fields) -> ThreatModel:

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from curvtools.checks import is_int
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 from curvtools.fileio import write_json_atomic
 
 PAPER_SCALE = "paper"
@@ -92,7 +92,7 @@ class Spec:
         if name == PAPER_SCALE:
             return Scale(PAPER_SCALE, resources=dict(self.resources))
         if name not in self.scales:
-            raise BadInput(f"spec {self.name!r} has no scale {name!r}; "
+            raise BadInput(f"spec {shown(self.name)} has no scale {shown(name)}; "
                            f"available: {', '.join(self.scale_names())}")
         return self.scales[name]
 
@@ -151,16 +151,17 @@ def load_spec(name_or_path: str | Path) -> Spec:
     path = Path(text)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():
-            raise BadInput(f"spec file {text!r} does not exist")
+            raise BadInput(f"spec file {shown(text)} does not exist")
         try:
             raw, source = path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError as err:
-            raise BadInput(f"spec file {text!r} is not UTF-8 text (byte {err.start}); "
+            raise BadInput(f"spec file {shown(text)} is not UTF-8 text (byte {err.start}); "
                            f"allowed: a UTF-8 JSON file") from None
     else:
         entry = resources.files("harness.specs") / f"{text}.json"
         if not entry.is_file():
-            raise BadInput(f"unknown spec {text!r}; bundled: {', '.join(bundled_spec_names())} "
+            raise BadInput(f"unknown spec {shown(text)}; bundled: "
+                           f"{', '.join(bundled_spec_names())} "
                            "(or give a path to a .json file)")
         raw, source = entry.read_text(), f"harness/specs/{text}.json"
     try:
@@ -195,7 +196,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
                        "description, defaults, runs, resources, seeds, scales")
     name = data.get("name")
     if not _is_folder_name(name):
-        raise BadInput(f"spec {source}: 'name' {name!r} must be a folder name: non-empty, not "
+        raise BadInput(f"spec {source}: 'name' {shown(name)} must be a folder name: non-empty, not "
                        f"'.' or '..', without '/', '\\' or NUL")
     runs_raw = data.get("runs")
     if not isinstance(runs_raw, list) or not runs_raw:
@@ -205,8 +206,8 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
         if not isinstance(run, dict) or not isinstance(run.get("name"), str) or not run["name"]:
             raise BadInput(f"spec {source}: runs[{i}] needs a non-empty 'name'")
         if not _is_folder_name(run["name"]) or run["name"] in {r for r, _ in runs}:
-            raise BadInput(f"spec {source}: run name {run['name']!r} is repeated or not a folder "
-                           f"name (non-empty, not '.' or '..', without '/', '\\' or NUL)")
+            raise BadInput(f"spec {source}: run name {shown(run['name'])} is repeated or not a "
+                           f"folder name (non-empty, not '.' or '..', without '/', '\\' or NUL)")
         runs.append((run["name"], _mapping(run.get("overrides"), f"{source} runs[{i}].overrides")))
     scales = {}
     for sname, sraw in _mapping(data.get("scales"), f"{source} scales").items():
@@ -218,7 +219,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
 
 
 def _parse_scale(name: str, raw: Any, run_names: set[str], source: str) -> Scale:
-    where = f"spec {source}: scale {name!r}"
+    where = f"spec {source}: scale {shown(name)}"
     if name == PAPER_SCALE:
         raise BadInput(f"{where}: 'paper' is the spec as written and cannot be redefined")
     raw = _mapping(raw, where)
@@ -235,7 +236,7 @@ def _parse_scale(name: str, raw: Any, run_names: set[str], source: str) -> Scale
         only = tuple(only)
     for run in [*run_overrides, *(only or ())]:
         if run not in run_names:
-            raise BadInput(f"{where}: names unknown run {run!r}")
+            raise BadInput(f"{where}: names unknown run {shown(run)}")
     return Scale(name, str(raw.get("description", "")), _mapping(raw.get("defaults"), where),
                  run_overrides, only, _mapping(raw.get("resources"), where),
                  parse_seeds(raw.get("seeds"), f"{where}: 'seeds'"))
@@ -249,12 +250,12 @@ def parse_seeds(value: Any, where: str = "--seeds") -> tuple[int, ...] | None:
         try:
             value = [int(part) for part in value.split(",") if part.strip()]
         except ValueError:
-            raise BadInput(f"{where} {value!r}: expected integers separated by commas, "
+            raise BadInput(f"{where} {shown(value)}: expected integers separated by commas, "
                            "e.g. 0,1,2") from None
     if (not isinstance(value, list | tuple) or not value
             or not all(is_int(s) and s >= 0 for s in value)
             or len(set(value)) != len(value)):
-        raise BadInput(f"{where} {value!r}: expected a non-empty list of distinct integers "
+        raise BadInput(f"{where} {shown(value)}: expected a non-empty list of distinct integers "
                        ">= 0, e.g. 0,1,2")
     return tuple(value)
 
