@@ -246,7 +246,10 @@ def render(t, style) -> str:
 
 
 def _value(e, point):
-    value = sp.N(e.subs(X, point), 30)
+    try:
+        value = sp.N(e.subs(X, point), 30)
+    except (TypeError, ValueError) as err:  # sympy cannot even evaluate it (Max of zoo, ...)
+        return f"{type(err).__name__}"
     try:
         return complex(value)
     except (TypeError, ValueError):  # zoo, nan, oo: compared by name
