@@ -1,9 +1,11 @@
 """Figure 2 of the paper: f, f', f'' side by side (also used for Figures 5 and 6 by paper_figs).
 
 Made to stay readable with many activations: each curve has its own colour, line style and
-marker; a curve identical to an earlier one (SiLU and PSwish(beta=1)) is drawn on top of it as
-a dashed overlay and named "= earlier" in the legend; the legend sits below the panels, outside
-the axes; each panel's limits hold every plotted point.
+marker; a curve that would hide an earlier one -- identical to it (SiLU and PSwish(beta=1)) or
+within 1% of the panel's height of it everywhere (LeakyReLU with k = 0.01 over ReLU) -- is drawn
+on top of it as a thin dashed overlay, so that the earlier curve shows between the dashes, and
+is named "= earlier" or "~ earlier" in the legend; the legend sits below the panels, outside the
+axes; each panel's limits hold every plotted point.
 """
 
 from __future__ import annotations
@@ -47,11 +49,31 @@ def _curves(act: Activation, lo: float, hi: float, points: int):
     return ts, ys
 
 
-def _same(a: tuple, b: tuple) -> bool:
+NEAR = 0.01  # a curve within this share of every panel's height of an earlier one hides it
+
+
+def _gap(a: tuple, b: tuple, spans: list[float]) -> float:
+    """The largest distance between two sampled curves in any panel, as a share of the panel's
+    height (inf when they are sampled differently or break at different points)."""
     (ta, ya), (tb, yb) = a, b
-    return ta.shape == tb.shape and np.allclose(ta, tb) and all(
-        np.allclose(u, v, rtol=1e-9, atol=1e-12, equal_nan=True) for u, v in zip(ya, yb,
-                                                                                 strict=True))
+    if ta.shape != tb.shape or not np.allclose(ta, tb):
+        return float("inf")
+    worst = 0.0
+    for u, v, span in zip(ya, yb, spans, strict=True):
+        if not np.array_equal(np.isnan(u), np.isnan(v)):
+            return float("inf")
+        both = np.isfinite(u) & np.isfinite(v)
+        diff = float(np.max(np.abs(u[both] - v[both]))) if both.any() else 0.0
+        worst = max(worst, diff / span if span > 0 else (0.0 if diff == 0 else float("inf")))
+    return worst
+
+
+def _limits(values: list[np.ndarray]) -> tuple[float, float]:
+    ys = np.concatenate(values or [np.zeros(1)])
+    ys = ys[np.isfinite(ys)]
+    bottom, top = (float(ys.min()), float(ys.max())) if ys.size else (-1.0, 1.0)
+    pad = 0.05 * (top - bottom) or 0.5
+    return bottom - pad, top + pad
 
 
 def activation_figure(activations: Sequence[Activation],
@@ -65,36 +87,36 @@ def activation_figure(activations: Sequence[Activation],
     lo, hi = float(x_range[0]), float(x_range[1])
     if not lo < hi:
         raise BadInput(f"x_range {x_range} must have lower < upper")
+    data = [_curves(act, lo, hi, points) for act in activations]
+    limits = [_limits([d[1][k] for d in data]) for k in range(3)]
+    spans = [top - bottom for bottom, top in limits]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    drawn: list[tuple[str, tuple]] = []
     every = max(1, points // 10)
-    for i, act in enumerate(activations):
-        data = _curves(act, lo, hi, points)
-        twin = next((label for label, other in drawn if _same(data, other)), None)
-        drawn.append((act.label, data))
-        ts, ys = data
+    for i, (act, curve) in enumerate(zip(activations, data, strict=True)):
+        gaps = [_gap(curve, data[j], spans) for j in range(i)]
+        near = min(range(i), key=lambda j: gaps[j], default=None)
+        ts, ys = curve
         style = {"color": COLOURS[i % len(COLOURS)], "marker": MARKERS[i % len(MARKERS)],
                  "markevery": (i * every // max(1, len(activations)), every), "markersize": 4}
-        if twin is None:
+        if near is None or gaps[near] > NEAR:
             style |= {"linestyle": LINESTYLES[i % len(LINESTYLES)], "lw": 1.6,
                       "label": act.label}
-        else:  # coincides with an earlier curve: a dashed overlay keeps both visible
-            style |= {"linestyle": (0, (3, 3)), "lw": 2.4, "zorder": 3,
-                      "label": f"{act.label} (= {twin})"}
+        else:  # it would hide an earlier curve: a thin dashed overlay keeps both visible
+            twin = activations[near].label
+            sign = "=" if gaps[near] <= 1e-9 else "~"
+            style |= {"linestyle": (0, (3, 3)), "lw": 1.4, "zorder": 3,
+                      "label": f"{act.label} ({sign} {twin})"}
         for ax, y in zip(axes, ys, strict=True):
             ax.plot(ts, y, **style)
-    for k, (ax, title) in enumerate(zip(axes, ("$f(x)$", "$f'(x)$", "$f''(x)$"), strict=True)):
+    for ax, title, (bottom, top) in zip(axes, ("$f(x)$", "$f'(x)$", "$f''(x)$"), limits,
+                                        strict=True):
         ax.set_title(title)
         ax.set_xlabel("x")
         ax.axhline(0, color="0.7", lw=0.6, zorder=0)
         ax.axvline(0, color="0.7", lw=0.6, zorder=0)
         ax.grid(alpha=0.3)
-        ys = np.concatenate([data[1][k] for _, data in drawn] or [np.zeros(1)])
-        ys = ys[np.isfinite(ys)]
-        bottom, top = (float(ys.min()), float(ys.max())) if ys.size else (-1.0, 1.0)
-        pad = 0.05 * (top - bottom) or 0.5
         ax.set_xlim(lo, hi)
-        ax.set_ylim(bottom - pad, top + pad)
+        ax.set_ylim(bottom, top)
     handles, labels = axes[0].get_legend_handles_labels()
     ncol = min(5, max(1, len(labels)))
     rows = -(-len(labels) // ncol)

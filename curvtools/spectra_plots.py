@@ -25,9 +25,37 @@ def _pyplot():
 
 
 def save(fig, path: Path) -> None:
-    """Save ``fig`` to ``path`` (.png/.pdf/.svg by suffix) and free it."""
-    fig.savefig(path, dpi=150)
+    """Save ``fig`` to ``path`` (.png/.pdf/.svg by suffix) and free it; the saved area holds
+    every label and title (``bbox_inches="tight"``)."""
+    fig.savefig(path, dpi=150, bbox_inches="tight")
     _pyplot().close(fig)
+
+
+def fit_title(ax, title: str, fontsize: float = 10) -> None:
+    """Set ``title`` so that it fits the figure's width: on one line when it does, else broken
+    at the ``", "`` or ``": "`` nearest its middle (never inside a name or a number), else in a
+    smaller font."""
+    fig = ax.figure
+    ax.set_title(title, fontsize=fontsize)
+    room = fig.get_window_extent().width * 0.98
+    renderer = fig.canvas.get_renderer()
+    if ax.title.get_window_extent(renderer).width <= room:
+        return
+    cuts = [i + len(sep) for sep in (", ", ": ") for i in range(len(title))
+            if title.startswith(sep, i)]
+    if cuts:
+        cut = min(cuts, key=lambda i: abs(i - len(title) / 2))
+        ax.set_title(title[:cut].rstrip() + "\n" + title[cut:], fontsize=fontsize)
+    while ax.title.get_window_extent(renderer).width > room and fontsize > 6:
+        fontsize -= 0.5
+        ax.title.set_fontsize(fontsize)
+
+
+def _visible(values) -> bool:
+    """True when a series has a finite value (a legend entry would otherwise be empty)."""
+    import numpy as np
+
+    return bool(np.isfinite(np.asarray(values, float)).any())
 
 
 def histogram_figure(lambda_max, lambda_min, title: str, bins: int = 40):
@@ -49,9 +77,10 @@ def histogram_figure(lambda_max, lambda_min, title: str, bins: int = 40):
                     linewidth=0.4, label=f"{key} (median {np.median(values):.3g})")
     ax.set_xlabel("eigenvalue of the input Hessian")
     ax.set_ylabel("test examples")
-    ax.set_title(title, fontsize=10)
+    fit_title(ax, title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -75,13 +104,16 @@ def curve_figure(rows: list[dict], title: str):
         def column(key: str):
             return np.array([s[key] for _, s in points], float)
 
-        ax.fill_between(epochs, column(quantile_key(0.05)), column(quantile_key(0.95)),
-                        color="tab:red", alpha=0.12, linewidth=0, label="5-95% of examples")
-        ax.fill_between(epochs, column(quantile_key(0.25)), column(quantile_key(0.75)),
-                        color="tab:red", alpha=0.28, linewidth=0, label="25-75% of examples")
-        ax.plot(epochs, column("median"), color="tab:red", marker="o", label="median")
-        ax.plot(epochs, column("mean"), color="black", marker="s", linestyle="--",
-                markersize=4, label="mean")
+        for (low, high), alpha in (((0.05, 0.95), 0.12), ((0.25, 0.75), 0.28)):
+            lo, hi = column(quantile_key(low)), column(quantile_key(high))
+            if _visible(hi - lo) and np.nanmax(hi - lo) > 0:  # a band of zero width: no entry
+                ax.fill_between(epochs, lo, hi, color="tab:red", alpha=alpha, linewidth=0,
+                                label=f"{100 * low:.0f}-{100 * high:.0f}% of examples")
+        if _visible(column("median")):
+            ax.plot(epochs, column("median"), color="tab:red", marker="o", label="median")
+        if _visible(column("mean")):
+            ax.plot(epochs, column("mean"), color="black", marker="s", linestyle="--",
+                    markersize=4, label="mean")
         shown = np.concatenate([column(k) for k in ("mean", "median", quantile_key(0.05),
                                                     quantile_key(0.95))])
         shown = shown[np.isfinite(shown)]
@@ -89,11 +121,12 @@ def curve_figure(rows: list[dict], title: str):
         if shown.size:
             pad = 0.05 * (shown.max() - shown.min()) or 0.05 * max(abs(shown.max()), 1.0)
             ax.set_ylim(shown.min() - pad, shown.max() + pad)
-        ax.legend(fontsize=8)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"largest eigenvalue $\lambda_{max}$ of the input Hessian")
-    ax.set_title(title, fontsize=10)
+    fit_title(ax, title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

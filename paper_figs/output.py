@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 
 def save_figure(fig, out_dir: Path, stem: str,
                 note: Callable[[str], None] | None = None) -> list[Path]:
@@ -39,11 +41,57 @@ def pyplot():
 
 
 def epoch_axis(ax) -> None:
-    """Label the x axis 'epoch' with whole-number ticks only."""
+    """Label the x axis 'epoch' with whole-number ticks only, also for a one-epoch run (whose
+    axis spans less than one epoch: MaxNLocator would fall back to fractions there)."""
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # one epoch: one tick in the middle of a one-epoch-wide axis
+        mid = round((lo + hi) / 2)
+        ax.set_xlim(mid - 1, mid + 1)
+
+
+def zoom_start(last_epoch: int) -> int:
+    """The first epoch of the overfitting view: 10 (the paper's 200 epochs; the LR is still
+    high and the loss falls steeply before), a fifth of a shorter run; 1 (no zoom) below 10."""
+    return min(10, last_epoch // 5) if last_epoch >= 10 else 1
+
+
+def data_range(axes, from_x: float, pad: float = 0.05) -> tuple[float, float] | None:
+    """(low, high) of the y values drawn on ``axes`` at x >= ``from_x`` (lines and bands),
+    padded by ``pad`` of the span; None without data there."""
+    from paper_figs.axescheck import drawn_points
+
+    chunks = [p[p[:, 0] >= from_x, 1] for ax in axes for p in [drawn_points(ax)]]
+    values = np.concatenate(chunks) if chunks else np.zeros(0)
+    if not values.size:
+        return None
+    low, high = float(values.min()), float(values.max())
+    span = (high - low) or max(abs(high), 1.0)
+    return low - pad * span, high + pad * span
+
+
+def zoom_axes(axes, from_epoch: int, crop: bool = False) -> None:
+    """Fit the shared y range of ``axes`` to their data from ``from_epoch`` on (the
+    overfitting region) and declare the zoom, so that
+    :func:`paper_figs.axescheck.axes_problems` allows earlier points off the axes and no
+    others. ``crop``: the x axis starts at ``from_epoch``; else the earlier epochs stay in view,
+    shaded, and may run off the top or bottom."""
+    from paper_figs.axescheck import declare_zoom
+
+    limits = data_range(axes, from_epoch)
+    for ax in axes:
+        x0, x1 = ax.get_xlim()
+        if limits is not None:
+            ax.set_ylim(*limits)
+        if crop:
+            ax.set_xlim(from_epoch - 0.5, x1)
+        else:
+            ax.axvspan(x0, from_epoch - 0.5, color="0.92", lw=0, zorder=0)
+            ax.set_xlim(x0, x1)  # the shading must not widen the axis
+        declare_zoom(ax, from_epoch)
 
 
 def seed_band(ax, runs, key: str, transform=lambda v: v, **style) -> tuple[list, list]:
@@ -52,14 +100,14 @@ def seed_band(ax, runs, key: str, transform=lambda v: v, **style) -> tuple[list,
 
     Only epochs every seed has are drawn (a seed still training does not bend the mean).
     """
-    import numpy as np
-
     series = [dict(zip(*run.series(key), strict=True)) for run in runs]
     epochs = sorted(set.intersection(*(set(s) for s in series))) if series else []
     if not epochs:
         return [], []
     values = np.array([[transform(s[e]) for e in epochs] for s in series])
     mean = values.mean(axis=0)
+    if len(epochs) == 1:  # a line through one point is invisible: mark it
+        style = {"marker": "o", **style}
     line = ax.plot(epochs, mean, **style)[0]
     if len(runs) > 1:
         ax.fill_between(epochs, values.min(axis=0), values.max(axis=0),

@@ -11,7 +11,11 @@ Files read (all optional except ``metrics.jsonl``):
   last / best-validation checkpoint (the paper reports PGD-20 with 5 restarts). Preferred over
   the per-epoch numbers when present and of the right epoch: a file whose ``epoch`` is not the
   run's last (``eval_last``) or best-validation (``eval_best``) epoch was made before the run
-  went on; it is not used, and :attr:`RunData.stale_evals` says so.
+  went on; it is not used, and :attr:`RunData.stale_evals` says so. A file that records
+  another ``split`` than ``test`` is not used either.
+* ``eval_train_last.json``: ``harness eval --ckpt RUN/last.pt --split train --json ...``, the
+  same attack on the run's own training images (``"split": "train"``; a file without that key,
+  or of another epoch, is not used and named): the synthesis' like-for-like gap.
 * ``hessian_curve.json``: ``curvtools hessian --ckpt RUNDIR --json RUNDIR/hessian_curve.json``
   over the saved ``epoch_NNNN.pt`` checkpoints; see :func:`hessian_points`. A curve that ends
   before the run's last epoch while ``metrics.jsonl`` is newer than it was made before the run
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from curvtools.checks import is_int
+from curvtools.errors import shown
 from curvtools.runfiles import read_epochs
 
 
@@ -63,6 +68,7 @@ class RunData:
     done: bool = False
     eval_last: dict[str, Any] | None = None
     eval_best: dict[str, Any] | None = None
+    eval_train_last: dict[str, Any] | None = None
     hessian_curve: Any = None
     stale_evals: list[str] = field(default_factory=list)  # eval files of another epoch, unused
     stale_hessian: str = ""  # why hessian_curve.json was not used ("" when fresh or absent)
@@ -135,12 +141,18 @@ def load_run(path: str | Path) -> RunData | None:
     run.stale_hessian = _stale_curve(path, run)
     if run.stale_hessian:
         run.hessian_curve = None
-    for name, epoch in (("eval_last", run.epochs_done), ("eval_best", run.best_val_epoch)):
+    for name, epoch, split in (("eval_last", run.epochs_done, "test"),
+                               ("eval_best", run.best_val_epoch, "test"),
+                               ("eval_train_last", run.epochs_done, "train")):
         info = _read_eval(path / f"{name}.json")
         if info is not None and info["epoch"] is not None and info["epoch"] != epoch:
             run.stale_evals.append(f"{info['file']} is of epoch {info['epoch']}, the run's "
-                                   f"{'last' if name == 'eval_last' else 'best-val'} epoch is "
+                                   f"{'best-val' if name == 'eval_best' else 'last'} epoch is "
                                    f"{epoch}")
+            info = None
+        if info is not None and info["split"] != split and (info["split"] or split != "test"):
+            what = f"split {shown(info['split'])}" if info["split"] else "no split"
+            run.stale_evals.append(f"{info['file']} records {what}, not {split!r}")
             info = None
         setattr(run, name, info)
     return run
@@ -178,18 +190,19 @@ def _find(data: dict[str, Any], keys: tuple[str, ...]) -> float | None:
 
 
 def _read_eval(path: Path) -> dict[str, Any] | None:
-    """``{"robust_acc", "clean_acc", "attack", "file", "epoch"}`` from a ``harness eval --json``
-    file (``epoch`` None when the file does not say), or None."""
+    """``{"robust_acc", "clean_acc", "attack", "detail", "file", "epoch", "split"}`` from a
+    ``harness eval --json`` file (``epoch``/``split`` None when the file does not say), or None."""
     data = _read_json(path)
     if not isinstance(data, dict):
         return None
     robust, clean = _find(data, _ROBUST_KEYS), _find(data, _CLEAN_KEYS)
     if robust is None and clean is None:
         return None
-    epoch = data.get("epoch")
+    epoch, split = data.get("epoch"), data.get("split")
     return {"robust_acc": robust, "clean_acc": clean, "attack": describe_attack(data),
             "detail": describe_eval(data), "file": path.name,
-            "epoch": epoch if is_int(epoch) else None}
+            "epoch": epoch if is_int(epoch) else None,
+            "split": split if isinstance(split, str) else None}
 
 
 def describe_eval(data: dict[str, Any]) -> str:
@@ -201,8 +214,9 @@ def describe_eval(data: dict[str, Any]) -> str:
     if isinstance(eps, int | float):
         step = f" step {alpha:g}/255" if isinstance(alpha, int | float) else ""
         parts.append(f"{data.get('norm', 'linf')} eps {eps:g}/255{step}")
-    n = data.get("n")
-    parts.append(f"{n} test images" if isinstance(n, int) else "number of images not recorded")
+    n, split = data.get("n"), data.get("split")
+    where = split if split in ("train", "val", "test") else "test"
+    parts.append(f"{n} {where} images" if isinstance(n, int) else "number of images not recorded")
     if isinstance(data.get("seed"), int):
         parts.append(f"attack seed {data['seed']}")
     return ", ".join(parts)
@@ -264,3 +278,30 @@ def hessian_points(run: RunData) -> tuple[list[int], list[float], str] | None:
     if epochs:
         return epochs, values, "metrics.jsonl"
     return None
+
+
+def hessian_image_spread(run: RunData) -> tuple[list[int], list[float], list[float]] | None:
+    """(epochs, 25%, 75% quantile of lambda_max over the test images) from
+    ``hessian_curve.json`` (``summary.lambda_max.q25``/``q75``), or None when the run has no
+    such file (metrics.jsonl holds only the mean and median over images)."""
+    curve = run.hessian_curve
+    if isinstance(curve, dict):
+        curve = curve.get("checkpoints")
+    if not isinstance(curve, list):
+        return None
+    pts = {}
+    for row in curve:
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            continue
+        name = row.get("checkpoint")
+        if isinstance(name, str) and not name.startswith("epoch_"):
+            continue
+        lam = row.get("summary", {}).get("lambda_max") if isinstance(row.get("summary"),
+                                                                     dict) else None
+        if isinstance(lam, dict) and all(isinstance(lam.get(q), int | float)
+                                         and math.isfinite(lam[q]) for q in ("q25", "q75")):
+            pts[row["epoch"]] = (float(lam["q25"]), float(lam["q75"]))
+    if not pts:
+        return None
+    epochs = sorted(pts)
+    return epochs, [pts[e][0] for e in epochs], [pts[e][1] for e in epochs]

@@ -21,9 +21,6 @@ from paper_figs.catalog import CATALOG
 from paper_figs.rundir import RunData, load_run
 
 MANIFEST = "spec.json"
-# Display names used in figures and tables, in the paper's spelling.
-ACT_LABELS = {"relu": "ReLU", "lisht": "LiSHT", "gelu": "GeLU", "mish": "Mish", "silu": "SiLU",
-              "pswish": "PSwish", "leakyrelu": "LeakyReLU"}
 _SEED_SUFFIX = re.compile(r"^(?P<run>.+)-seed(?P<seed>\d+)$")
 
 
@@ -70,11 +67,14 @@ def settings_of(config: dict[str, Any]) -> dict[str, Any]:
 def _labels_from_config(run: RunData) -> dict[str, Any]:
     s = settings_of(run.config)
     out = {k: s.get(k) for k in ("dataset", "arch", "width", "act", "k", "beta") if k in s}
+    if isinstance(s.get("act_params"), dict):
+        out.update({k: v for k, v in s["act_params"].items() if k in ("k", "beta")})
     act = run.config.get("model_config", {}).get("act") if isinstance(
         run.config.get("model_config"), dict) else None
     if isinstance(act, dict):
         out.setdefault("act", act.get("name"))
-        out.update({k: v for k, v in (act.get("params") or {}).items() if k in ("k", "beta")})
+        params = act.get("params") if isinstance(act.get("params"), dict) else {}
+        out.update({k: v for k, v in params.items() if k in ("k", "beta")})
     return out
 
 

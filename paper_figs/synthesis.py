@@ -1,256 +1,318 @@
-"""Beyond the paper: does the generalization gap follow the activation's curvature?
+"""Beyond the paper: does the generalization gap grow with the activation's curvature?
 
-Over every CIFAR-10 run that exists at the scale (Tables 1-3 and the curvature sweep, every
-seed a point), the robust and standard generalization gap (train minus test accuracy, at the
-last epoch and at the best-validation epoch) and the input-Hessian lambda_max (the last value
-measured) are set against the activation's curvature: the certified max f'' from
-``curvtools.certified.curvature`` for smooth activations, the paper's |1 - k| for LeakyReLU
-(ReLU = LeakyReLU with k = 0: curvature 1). For each it reports Spearman's rank correlation and a
-bootstrap 95% confidence interval (runs resampled with replacement, fixed seed), over all runs
-and over the runs that fitted the training set (not ``underfit``: a run that never fits has a
-small gap because it learned little, not because it generalizes). Each point's marker shows its
-regime: size grows with the final train robust accuracy, underfit runs are hollow.
+The pre-registered analysis (:mod:`paper_figs.stats`) of each curvature experiment that has
+runs at the scale: the PSwish beta sweep ``pswish-curvature`` (beta in {0.5, ..., 20}, 4+ seeds)
+and Table 1's activations ``table1-cifar10`` (and, with the same analysis but not
+pre-registered, Tables 2-3 and the older curvature sweep). Each spec is its own design: its runs
+are the levels, ``x = log2(curvature)`` from the activation registry
+(:mod:`paper_figs.outcomes`), its training seeds are the blocks.
 
-Writes ``synthesis.png``/``.pdf``, ``synthesis.json`` and ``synthesis.md``.
+* ``gap_paper`` and ``gap_like``: the trend test (pooled within-seed slope, permutation p,
+  Page's L, seed-bootstrap and t CIs);
+* ``test_robust``: the Freedman-Lane interior-peak test (the claim that test robust accuracy
+  peaks at max f'' 4-10) and the trend test with its two-sided p.
+
+Only complete seed blocks enter a test; every other run is listed, never dropped silently, and
+no run is dropped by its regime (shown beside its numbers). Writes ``synthesis.png``/``.pdf``
+(:mod:`paper_figs.synthesis_render`), ``synthesis.json`` and ``synthesis.md``.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+import statistics
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
+from paper_figs.outcomes import RunOutcome, run_outcome
+from paper_figs.runsets import Context
+from paper_figs.stats import (
+    BOOTSTRAP,
+    PERMUTATIONS,
+    RNG_SEED,
+    Blocks,
+    PeakResult,
+    TrendResult,
+    complete_blocks,
+    detectable_slope,
+    peak_test,
+    trend_test,
+)
 
-from paper_figs.output import plain_log_ticks, pyplot, save_figure
-from paper_figs.rundir import RunData, hessian_points
-from paper_figs.runsets import Context, settings_of
-from paper_figs.tables import fit_regime
-
-SPECS = ("table1-cifar10", "table2-pswish", "table3-leakyrelu", "curvature-sweep")
-METRICS = {
-    "robust_gap_last": "robust gap, last epoch (pp)",
-    "robust_gap_best": "robust gap, best-val epoch (pp)",
-    "standard_gap_last": "standard gap, last epoch (pp)",
-    "standard_gap_best": "standard gap, best-val epoch (pp)",
-    "lambda_max_last": "input-Hessian lambda_max, last measured",
+# spec -> its status in the plan; the order of the sections
+ANALYSES = {"pswish-curvature": "pre-registered", "table1-cifar10": "pre-registered",
+            "table2-pswish": "same analysis, not pre-registered",
+            "table3-leakyrelu": "same analysis, not pre-registered",
+            "curvature-sweep": "same analysis, not pre-registered (mixes PSwish and LeakyReLU)"}
+TREND_OUTCOMES = ("gap_paper", "gap_like")
+PEAK_OUTCOME = "test_robust"
+OUTCOME_TITLES = {
+    "gap_paper": "gap_paper: train robust (training attack, mean of last 5 epochs) - Final "
+                 "Test robust (pp)",
+    "gap_like": "gap_like: robust acc. on the run's training images - on test images, same "
+                "eval attack (pp)",
+    "test_robust": "test_robust: Final Test robust accuracy (%, eval_last.json)",
 }
-BOOTSTRAP = 2000
-BOOTSTRAP_SEED = 0
+SECONDARY = ("test_robust_best", "clean_gap_paper", "clean_gap_like", "lambda_max_last")
 
 
 @dataclass
-class Point:
-    """One run directory: its activation, curvature, regime and the gaps."""
+class SpecAnalysis:
+    """One spec's design, runs and tests."""
 
-    run: str
-    act: str
-    params: dict[str, float]
-    curvature: float
-    regime: str
-    train_robust_acc: float | None
-    train_clean_acc: float | None
-    robust_gap_last: float | None
-    robust_gap_best: float | None
-    standard_gap_last: float | None
-    standard_gap_best: float | None
-    lambda_max_last: float | None
+    spec: str
+    status: str
+    runs: list[RunOutcome]
+    levels: list[dict[str, Any]]  # {"level", "label", "x", "curvature", "source"} by x
+    seeds_listed: list[int]  # the manifest's seeds (or those on disk)
+    blocks: dict[str, Blocks] = field(default_factory=dict)
+    trends: dict[str, TrendResult] = field(default_factory=dict)
+    peak: PeakResult | None = None
+    not_tested: dict[str, str] = field(default_factory=dict)  # outcome -> why no test
 
-
-def activation_of(run: RunData, fallback: dict[str, Any]) -> tuple[str, dict[str, float]]:
-    """(name, parameters) of a run's activation from config.json (model_config or settings)."""
-    model = run.config.get("model_config")
-    if isinstance(model, dict) and isinstance(model.get("act"), dict):
-        act = model["act"]
-        return str(act.get("name")), {k: float(v) for k, v in (act.get("params") or {}).items()
-                                      if isinstance(v, int | float)}
-    s = {**fallback, **settings_of(run.config)}
-    params = {k: float(s[k]) for k in ("k", "beta") if isinstance(s.get(k), int | float)}
-    return str(s.get("act")), params
+    def placed(self) -> list[RunOutcome]:
+        """The runs on the curvature axis (x known)."""
+        return [r for r in self.runs if r.x is not None]
 
 
-def curvature_of(act: str, params: dict[str, float]) -> float:
-    """The paper's curvature: |1 - k| for LeakyReLU (ReLU: k = 0), else the certified max f''."""
-    if act == "relu":
-        return 1.0
-    if act == "leakyrelu":
-        return abs(1.0 - params.get("k", 0.0))
-    from curvtools.activations import resolve
-    from curvtools.certified import curvature
+def short_label(runs: list[RunOutcome], level: str) -> str:
+    """A level's axis label: the parameters when every level has the same activation
+    (``beta=4``), else the activation's label (``SiLU``); the run name without either."""
+    mine = next((r for r in runs if r.level == level), None)
+    if mine is None:
+        return level
+    if len({r.act for r in runs}) == 1 and mine.params:
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in mine.params.items())
+    return mine.label
 
-    return float(curvature(resolve(act, **params)).max_value)
+
+def collect(ctx: Context, spec: str) -> tuple[list[RunOutcome], list[int]]:
+    """Every run of ``spec`` at the scale with metrics (each seed one), and the seeds the
+    manifest lists (plus any seed on disk)."""
+    found = ctx.spec_runs(spec, "synthesis")
+    runs = [run_outcome(spec, g.name, seed, run, g.paper)
+            for g in ctx.groups(spec, "synthesis") for seed, run in sorted(g.seeds.items())]
+    listed = [s for s in (found.manifest or {}).get("seeds", []) if isinstance(s, int)]
+    return runs, sorted(set(listed) | {r.seed for r in runs})
 
 
-def _pct_gap(row: dict[str, Any] | None, kind: str) -> float | None:
-    if not row:
+def analyse(ctx: Context, spec: str, *, permutations: int = PERMUTATIONS,
+            bootstrap: int = BOOTSTRAP, rng_seed: int = RNG_SEED) -> SpecAnalysis | None:
+    """The analysis of one spec, or None when it has no runs at the scale."""
+    runs, seeds = collect(ctx, spec)
+    if not runs:
         return None
-    train, test = row.get(f"train_{kind}_acc"), row.get(f"test_{kind}_acc")
-    if not isinstance(train, int | float) or not isinstance(test, int | float):
-        return None
-    return 100.0 * (train - test)
+    result = SpecAnalysis(spec, ANALYSES.get(spec, "same analysis"), runs, [], seeds)
+    placed = result.placed()
+    for level in dict.fromkeys(r.level for r in placed):
+        first = next(r for r in placed if r.level == level)
+        result.levels.append({"level": level, "label": short_label(placed, level),
+                              "x": first.x, "curvature": first.curvature,
+                              "source": first.curvature_source})
+    result.levels.sort(key=lambda lv: (lv["x"], lv["level"]))
+    options = {"permutations": permutations, "bootstrap": bootstrap, "rng_seed": rng_seed}
+    for outcome in (*TREND_OUTCOMES, PEAK_OUTCOME):
+        rows = [(r.level, r.x, r.seed, getattr(r, outcome)) for r in placed]
+        have = {(r.level, r.seed) for r in placed}
+        rows += [(lv["level"], lv["x"], s, None) for s in seeds for lv in result.levels
+                 if (lv["level"], s) not in have]  # a listed seed without the run: reported
+        blocks = complete_blocks(rows)
+        result.blocks[outcome] = blocks
+        distinct = len({lv["x"] for lv in result.levels})
+        need = 3 if outcome == PEAK_OUTCOME else 2
+        if blocks.n_seeds == 0:
+            result.not_tested[outcome] = "no complete seed block"
+        elif distinct < need:
+            result.not_tested[outcome] = f"{distinct} curvature level(s); the test needs {need}"
+        elif outcome == PEAK_OUTCOME:
+            result.peak = peak_test(blocks, **options)
+            result.trends[outcome] = result.peak.trend
+        else:
+            result.trends[outcome] = trend_test(blocks, **options)
+    return result
 
 
-def run_point(name: str, run: RunData, fallback: dict[str, Any]) -> Point:
-    act, params = activation_of(run, fallback)
-    last = run.rows[-1]
-    hess = hessian_points(run)
-    clean = run.final("train_clean_acc")
-    robust = run.final("train_robust_acc")
-    return Point(name, act, params, curvature_of(act, params),
-                 fit_regime(None if clean is None else 100 * clean),
-                 None if robust is None else 100 * robust, None if clean is None else 100 * clean,
-                 _pct_gap(last, "robust"), _pct_gap(run.best_val_row, "robust"),
-                 _pct_gap(last, "clean"), _pct_gap(run.best_val_row, "clean"),
-                 hess[1][-1] if hess else None)
+def analyse_all(ctx: Context) -> list[SpecAnalysis]:
+    """:func:`analyse` of every spec in :data:`ANALYSES` that has runs at the scale."""
+    return [a for spec in ANALYSES if (a := analyse(ctx, spec)) is not None]
 
 
-def collect(ctx: Context) -> list[Point]:
-    """Every run of :data:`SPECS` at the scale with metrics, each seed a point."""
-    points = []
-    for spec in SPECS:
-        for group in ctx.groups(spec, "synthesis"):
-            for run in group.runs:
-                name = f"{spec}/{run.path.name}"
-                points.append(run_point(name, run, group.paper))
-    return points
+# --- Markdown and JSON ------------------------------------------------------------------------
 
 
-def spearman_ci(x: list[float], y: list[float], n_boot: int = BOOTSTRAP,
-                seed: int = BOOTSTRAP_SEED) -> dict[str, Any]:
-    """Spearman's rho of (x, y) and a percentile bootstrap 95% CI (pairs resampled).
+def _f(v: float | None, digits: int = 2, sign: bool = False) -> str:
+    if v is None:
+        return "—"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
-    ``rho`` is None with fewer than 3 points or a constant variable; resamples whose rank
-    correlation is undefined (a constant resample) are dropped and counted.
-    """
-    from scipy.stats import spearmanr
 
-    n = len(x)
-    out: dict[str, Any] = {"n": n, "rho": None, "ci95": None, "bootstrap": n_boot,
-                           "bootstrap_seed": seed, "undefined_resamples": 0}
-    if n < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return out
-    xa, ya = np.asarray(x, float), np.asarray(y, float)
-    out["rho"] = float(spearmanr(xa, ya).statistic)
-    rng = np.random.default_rng(seed)
-    rhos = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        xs, ys = xa[idx], ya[idx]
-        if np.ptp(xs) == 0 or np.ptp(ys) == 0:
-            out["undefined_resamples"] += 1
+def ci_text(ci: tuple[float, float] | None, digits: int = 2) -> str:
+    """``[low, high]`` or a dash."""
+    return "—" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def p_text(p: float) -> str:
+    """A p-value in 4 decimals (scientific below 1e-4)."""
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _blocks_text(b: Blocks) -> str:
+    used = f"seeds {', '.join(map(str, b.seeds))}" if b.seeds else "none"
+    return used + ("; left out: " + "; ".join(b.left_out) if b.left_out else "")
+
+
+def result_rows(a: SpecAnalysis) -> list[list[str]]:
+    """The tests table of one spec: outcome, test, statistic, p, CI, seeds, runs, blocks."""
+    rows = []
+    for outcome in (*TREND_OUTCOMES, PEAK_OUTCOME):
+        b = a.blocks[outcome]
+        if outcome in a.not_tested:
+            rows.append([outcome, "—", "not tested: " + a.not_tested[outcome], "—", "—",
+                         str(b.n_seeds), str(b.n_runs), _blocks_text(b)])
             continue
-        rhos.append(spearmanr(xs, ys).statistic)
-    rhos = [r for r in rhos if math.isfinite(r)]
-    if rhos:
-        out["ci95"] = [float(np.percentile(rhos, 2.5)), float(np.percentile(rhos, 97.5))]
+        t = a.trends[outcome]
+        two = outcome == PEAK_OUTCOME
+        rows.append([outcome, "trend: within-seed OLS slope (pp per doubling of curvature)",
+                     _f(t.slope, sign=True),
+                     (f"{p_text(t.p_two_sided)} (two-sided)" if two else
+                      f"{p_text(t.p_greater)} (one-sided, slope > 0)") + f", {t.method} "
+                     f"{t.permutations:,} permutations",
+                     f"{ci_text(t.ci95_bootstrap)} seed bootstrap; {ci_text(t.ci95_t)} t",
+                     str(t.n_seeds), str(t.n_runs), _blocks_text(b)])
+        if not two:
+            rows.append([outcome, "Page's L (within-seed ranks, increasing curvature)",
+                         f"L = {t.page_L:g} (null mean {t.page_L_null_mean:g})",
+                         f"{p_text(t.page_p_greater)} (one-sided)", "—", str(t.n_seeds),
+                         str(t.n_runs), _blocks_text(b)])
+        else:
+            pk = a.peak
+            vertex = "none (b2 >= 0)" if pk.vertex is None else f"{pk.vertex:.2f}"
+            rows.append([outcome, "interior peak: y = a_seed + b1 x + b2 x^2, Freedman-Lane",
+                         f"b2 = {pk.b2:+.3f}, b1 = {pk.b1:+.3f}, vertex x* = {vertex}",
+                         f"{p_text(pk.p_concave)} (one-sided, b2 < 0)",
+                         f"vertex {ci_text(pk.vertex_ci95)} seed bootstrap "
+                         f"({pk.vertex_no_maximum} of {pk.bootstrap} resamples without a "
+                         f"maximum); interior peak: {'yes' if pk.interior_peak else 'no'}",
+                         str(pk.n_seeds), str(pk.n_runs), _blocks_text(b)])
+    return rows
+
+
+def level_rows(a: SpecAnalysis) -> list[list[str]]:
+    """Per level: mean +- sd over seeds and n of the outcomes, and the regime counts."""
+    rows = []
+    for lv in a.levels:
+        mine = [r for r in a.placed() if r.level == lv["level"]]
+        cells = [lv["label"], f"{lv['x']:.3g}", str(len(mine))]
+        for key in ("gap_paper", "gap_like", "test_robust", "test_robust_best"):
+            vals = [getattr(r, key) for r in mine if getattr(r, key) is not None]
+            if not vals:
+                cells.append("— (n=0)")
+                continue
+            sd = f" ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else ""
+            cells.append(f"{statistics.fmean(vals):.2f}{sd} (n={len(vals)})")
+        counts = {g: sum(r.regime == g for r in mine) for g in dict.fromkeys(
+            r.regime for r in mine)}
+        cells.append(", ".join(f"{g} {n}" for g, n in counts.items()))
+        rows.append(cells)
+    return rows
+
+
+def run_rows(a: SpecAnalysis) -> list[list[str]]:
+    """Per run: where it sits, its regime and every outcome, and what is missing."""
+    rows = []
+    for r in sorted(a.runs, key=lambda r: (r.x is None, r.x or 0.0, r.level, r.seed)):
+        rows.append([r.folder, r.label, "—" if r.x is None else f"{r.x:.3g}", str(r.seed),
+                     r.regime, r.epochs, _f(r.train_clean_final, 1), _f(r.gap_paper),
+                     _f(r.gap_like), _f(r.test_robust), _f(r.test_robust_best),
+                     f"{_f(r.clean_gap_paper)} / {_f(r.clean_gap_like)}",
+                     "—" if r.lambda_max_last is None else
+                     f"{r.lambda_max_last:.3g} (epoch {r.lambda_max_epoch})",
+                     "; ".join(r.missing) or "—"])
+    return rows
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows)]
+
+
+def power_line(a: SpecAnalysis) -> str:
+    """The slope this design detects with 80% power (one-sided 0.05), from gap_paper's
+    residual sd (or gap_like's)."""
+    for outcome in TREND_OUTCOMES:
+        t = a.trends.get(outcome)
+        if t is not None and t.residual_sd and t.n_levels >= 2:
+            xs = a.blocks[outcome].x
+            now = detectable_slope(t.residual_sd, xs, t.n_seeds)
+            more = ", ".join(f"{s} seeds {detectable_slope(t.residual_sd, xs, s):.2f}"
+                             for s in (4, 8, 16) if s != t.n_seeds)
+            return (f"Power (normal approximation): with the residual sd of {outcome} "
+                    f"({t.residual_sd:.2f} pp) this design ({t.n_levels} levels, "
+                    f"{t.n_seeds} seeds) detects a slope of {now:.2f} pp per doubling with "
+                    f"80% power at one-sided alpha 0.05 ({more}).")
+    return "Power: needs a trend test with a residual sd (2+ levels, 2+ runs per seed)."
+
+
+def spec_markdown(a: SpecAnalysis) -> list[str]:
+    levels = ", ".join(f"{lv['label']} (x = {lv['x']:.3g}, {lv['source']})" for lv in a.levels)
+    unplaced = sorted({r.level for r in a.runs if r.x is None})
+    out = [f"### {a.spec} ({a.status})", "",
+           f"Levels by curvature (x = log2 curvature): {levels or 'none'}."
+           + (f" Not on the axis (curvature unknown): {', '.join(unplaced)}." if unplaced
+              else ""),
+           f"Seeds: {', '.join(map(str, a.seeds_listed))}. Only complete seed blocks enter a "
+           "test; a block missing a run (or its outcome) is listed under 'complete blocks "
+           "used', never used. No run is left out for its regime.", "",
+           *_table(["Outcome", "Test", "Statistic", "p", "95% CI", "Seeds", "Runs",
+                    "Complete blocks used"], result_rows(a)), "", power_line(a), "",
+           "Per level (mean ± sd over seeds, n):", "",
+           *_table(["Level", "x", "Runs", "gap_paper", "gap_like", "test_robust",
+                    "Best-Val test robust", "Regimes"], level_rows(a)), "",
+           "Per run (pp; regime from the final train clean accuracy):", "",
+           *_table(["Run", "Activation", "x", "Seed", "Regime", "Epochs", "Train clean",
+                    "gap_paper", "gap_like", "test_robust", "Best-Val test robust",
+                    "clean gap paper / like", "lambda_max", "Missing"], run_rows(a)), ""]
     return out
 
 
-def statistics_of(points: list[Point]) -> dict[str, dict[str, Any]]:
-    """``{metric: {"all": spearman_ci, "fitted": spearman_ci over non-underfit runs}}``."""
-    stats = {}
-    for key in METRICS:
-        have = [p for p in points if getattr(p, key) is not None]
-        fitted = [p for p in have if p.regime != "underfit"]
-        stats[key] = {
-            "all": spearman_ci([p.curvature for p in have], [getattr(p, key) for p in have]),
-            "fitted": spearman_ci([p.curvature for p in fitted],
-                                  [getattr(p, key) for p in fitted])}
-    return stats
+def to_markdown(analyses: list[SpecAnalysis], scale: str) -> str:
+    """synthesis.md: the method in words, then one section per spec."""
+    head = [f"## Synthesis: generalization gap against activation curvature ({scale} scale)", "",
+            "Outcomes (percentage points): " + "; ".join(OUTCOME_TITLES.values()) + ". "
+            "x = log2 of the activation's curvature from the registry (certified max f'' of "
+            "a smooth activation, its approximate curvature otherwise). Trend: OLS slope with "
+            "seed fixed effects (pooled within-seed slope); p from permuting x within each "
+            f"seed (exact when (k!)^S <= {PERMUTATIONS:,}, else {PERMUTATIONS:,} random "
+            f"permutations, RNG seed {RNG_SEED}); CI: 95% percentile bootstrap over whole "
+            f"seeds ({BOOTSTRAP:,} resamples) and the t-interval of the per-seed slopes (with few "
+            "seeds the percentile bootstrap is too narrow: read the t-interval beside it). "
+            "Interior peak: Freedman-Lane permutation of the reduced model's residuals within "
+            "seeds; 'interior peak' only when p < 0.05 and the vertex's bootstrap CI lies "
+            "inside the range of x. Regimes: underfit if final train clean < 60%, "
+            "interpolates if >= 95%, else partial fit.", ""]
+    for a in analyses:
+        head += spec_markdown(a)
+    return "\n".join(head) + "\n"
 
 
-def _fmt(s: dict[str, Any]) -> str:
-    if s["rho"] is None:
-        return f"n={s['n']}: too few runs"
-    ci = "CI —" if s["ci95"] is None else f"95% CI [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}]"
-    return f"rho={s['rho']:.2f}, {ci}, n={s['n']}"
-
-
-def to_markdown(points: list[Point], stats: dict[str, dict[str, Any]], scale: str) -> str:
-    out = [f"## Synthesis: generalization gap and lambda_max against curvature ({scale} scale)",
-           "", "Spearman's rank correlation with the activation's curvature (max f'' from "
-           "curvtools for smooth activations, |1-k| for LeakyReLU, ReLU = 1); 95% CI from "
-           f"{BOOTSTRAP} bootstrap resamples of the runs (seed {BOOTSTRAP_SEED}). 'fitted' "
-           "leaves out runs whose final train clean accuracy is below 60% (underfit). Train "
-           "accuracy is the last epoch's running accuracy on the training attack's examples "
-           "(as Table 1's Final Train); test accuracy is the per-epoch evaluation of "
-           "metrics.jsonl.", "",
-           "| Quantity | all runs | fitted runs only |", "|---|---|---|"]
-    for key, title in METRICS.items():
-        out.append(f"| {title} | {_fmt(stats[key]['all'])} | {_fmt(stats[key]['fitted'])} |")
-    out += ["", "| Run | Activation | Curvature | Regime | Train clean / robust | Robust gap "
-            "last / best-val | Standard gap last / best-val | lambda_max |",
-            "|---|---|---|---|---|---|---|---|"]
-
-    def f(v: float | None, digits: int = 1) -> str:
-        return "—" if v is None else f"{v:.{digits}f}"
-
-    for p in sorted(points, key=lambda p: p.curvature):
-        params = ", ".join(f"{k}={v:g}" for k, v in p.params.items())
-        out.append(f"| {p.run} | {p.act}{f'({params})' if params else ''} | {p.curvature:.3g} | "
-                   f"{p.regime} | {f(p.train_clean_acc)} / {f(p.train_robust_acc)} | "
-                   f"{f(p.robust_gap_last)} / {f(p.robust_gap_best)} | "
-                   f"{f(p.standard_gap_last)} / {f(p.standard_gap_best)} | "
-                   f"{f(p.lambda_max_last, 3)} |")
-    return "\n".join(out) + "\n"
-
-
-def _short(p: Point) -> str:
-    params = ",".join(f"{k}={v:g}" for k, v in p.params.items())
-    return f"{p.act}({params})" if params else p.act
-
-
-def build_figure(points: list[Point], stats: dict[str, dict[str, Any]], scale: str):
-    """Six panels: the five quantities against curvature, then the regime (train robust acc)."""
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
-    panels = [*METRICS, "train_robust_acc"]
-    for ax, key in zip(axes.flat, panels, strict=True):
-        have = [p for p in points if getattr(p, key) is not None]
-        for p in have:
-            size = 20 + 1.5 * (p.train_robust_acc or 0.0)
-            hollow = p.regime == "underfit"
-            ax.scatter([p.curvature], [getattr(p, key)], s=size,
-                       facecolors="none" if hollow else "tab:blue", edgecolors="tab:blue")
-            if len(have) <= 30:
-                ax.annotate(_short(p), (p.curvature, getattr(p, key)), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("activation curvature (max f'', LeakyReLU |1-k|)")
-        ax.margins(0.15)
-        if have and all(p.curvature > 0 for p in have):
-            ax.set_xscale("log")
-            plain_log_ticks(ax.xaxis)
-        if key == "train_robust_acc":
-            ax.set_title("regime: final train robust accuracy (%)", fontsize=9)
-        else:
-            ax.set_title(f"{METRICS[key]}\nall: {_fmt(stats[key]['all'])}", fontsize=8)
-        values = [getattr(p, key) for p in have]
-        if key == "lambda_max_last" and values and min(values) > 0 and \
-                max(values) > 20 * min(values):  # log only when it spans orders of magnitude
-            ax.set_yscale("log")
-            plain_log_ticks(ax.yaxis)
-    fig.suptitle(f"Synthesis ({scale} scale): gaps vs curvature, {len(points)} runs; marker "
-                 "size = train robust accuracy, hollow = underfit (train clean < 60%)")
-    fig.tight_layout()
-    return fig
-
-
-def synthesis(ctx: Context) -> list[Path]:
-    """Write synthesis.png/.pdf/.json/.md into ``ctx.out_dir``; [] when no run exists."""
-    points = collect(ctx)
-    if not points:
-        ctx.missing.setdefault("synthesis", []).append(
-            f"no runs of {', '.join(SPECS)} at scale {ctx.scale!r}")
-        return []
-    stats = statistics_of(points)
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    paths = save_figure(build_figure(points, stats, ctx.scale), ctx.out_dir, "synthesis",
-                        lambda line: ctx.note("synthesis", line))
-    js, md = ctx.out_dir / "synthesis.json", ctx.out_dir / "synthesis.md"
-    js.write_text(json.dumps({"scale": ctx.scale, "specs": list(SPECS),
-                              "statistics": stats, "points": [asdict(p) for p in points]},
-                             indent=2) + "\n")
-    md.write_text(to_markdown(points, stats, ctx.scale))
-    return [*paths, js, md]
+def to_json(analyses: list[SpecAnalysis], scale: str) -> dict[str, Any]:
+    """synthesis.json: per spec its levels, runs (x, seed, outcomes, regime) and tests."""
+    out = []
+    for a in analyses:
+        tests: dict[str, Any] = {}
+        for outcome in (*TREND_OUTCOMES, PEAK_OUTCOME):
+            b = a.blocks[outcome]
+            entry: dict[str, Any] = {"complete_blocks_used": list(b.seeds),
+                                     "left_out": list(b.left_out), "n_seeds": b.n_seeds,
+                                     "n_runs": b.n_runs,
+                                     "not_tested": a.not_tested.get(outcome)}
+            if outcome in a.trends:
+                entry["trend"] = a.trends[outcome].to_dict()
+            if outcome == PEAK_OUTCOME and a.peak is not None:
+                entry["peak"] = {k: v for k, v in a.peak.to_dict().items() if k != "trend"}
+            tests[outcome] = entry
+        out.append({"spec": a.spec, "status": a.status, "seeds_listed": a.seeds_listed,
+                    "levels": a.levels, "runs": [asdict(r) for r in a.runs], "tests": tests,
+                    "power": power_line(a)})
+    return {"scale": scale, "permutations": PERMUTATIONS, "bootstrap": BOOTSTRAP,
+            "rng_seed": RNG_SEED, "analyses": out}

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from paper_figs import paper_numbers
+from paper_figs.actnames import act_label
 from paper_figs.rundir import RunData
-from paper_figs.runsets import ACT_LABELS, Context, RunGroup, settings_of
+from paper_figs.runsets import Context, RunGroup, settings_of
 
 KINDS = ("robust", "standard")
 COLUMN_TITLES = {"final_train": "Final Train", "final_test": "Final Test",
@@ -137,6 +138,7 @@ def group_numbers(group: RunGroup) -> tuple[dict, dict, dict[str, Any]]:
         values = list(dict.fromkeys(m[key] for m in metas if m[key]))
         meta[key] = values[0] if len(values) == 1 else "; ".join(values)
     meta["eval_details"] = list(dict.fromkeys(d for m in metas for d in m["eval_details"]))
+    meta["epochs_by_seed"] = [(m["epochs_done"], m["epochs_total"]) for m in metas]
     meta["regime"] = fit_regime(mean["standard"]["final_train"])
     return mean, std, meta
 
@@ -256,7 +258,7 @@ def table1_lines(ctx: Context) -> list[TableLine]:
     lines = []
     for dataset in ("cifar10", "cifar100"):
         block = _lines_for(ctx, "table1", f"table1-{dataset}", dataset.upper().replace("CIFAR",
-                           "CIFAR-"), lambda c: ACT_LABELS.get(c["act"], c["act"]),
+                           "CIFAR-"), lambda c: act_label(c["act"]),
                            lambda c, d=dataset: paper_numbers.TABLE1[d].get(c["act"]))
         block.sort(key=lambda ln: order.index(ln.run.split("/")[1])
                    if ln.run.split("/")[1] in order else len(order))
@@ -301,6 +303,7 @@ def to_markdown(title: str, first_column: str, lines: list[TableLine],
     out = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     marks: list[str] = []
     stale: list[str] = []
+    common = _common_length(lines)
     for ln in lines:
         cells = [ln.group, ln.label]
         for kind in KINDS:
@@ -313,7 +316,7 @@ def to_markdown(title: str, first_column: str, lines: list[TableLine],
             m = ln.meta
             tc, tr = ln.ours["standard"]["final_train"], ln.ours["robust"]["final_train"]
             fit = "—" if tc is None or tr is None else f"{tc:.1f} / {tr:.1f}"
-            epochs = f"{m['epochs_done']}/{m['epochs_total'] or '?'}"
+            epochs = _epochs_cell(m, common)
             if not m["finished"]:
                 epochs += " (partial)"
             cells += [fit, m["regime"], epochs, str(m["best_val_epoch"] or "—"),
@@ -361,6 +364,29 @@ def to_markdown(title: str, first_column: str, lines: list[TableLine],
         out.append("Not used, made before the run went on (rerun `harness eval`): "
                    + "; ".join(stale) + ".")
     return "\n".join(out) + "\n"
+
+
+def _length(done: int, total: int | None) -> int:
+    return total if total is not None else done
+
+
+def _common_length(lines: list[TableLine]) -> int | None:
+    """The run length (epochs) most runs of the table have; None without runs."""
+    lengths = [_length(*e) for ln in lines if ln.ours for e in ln.meta.get("epochs_by_seed", [])]
+    return max(set(lengths), key=lengths.count) if lengths else None
+
+
+def _epochs_cell(meta: dict[str, Any], common: int | None) -> str:
+    """``done/total``; per seed when the seeds differ; and a warning when the row's runs are
+    not as long as the table's other rows (their numbers are then not comparable)."""
+    by_seed = meta.get("epochs_by_seed") or [(meta["epochs_done"], meta["epochs_total"])]
+    cells = list(dict.fromkeys(f"{d}/{t or '?'}" for d, t in by_seed))
+    text = cells[0] if len(cells) == 1 else "by seed " + ", ".join(
+        f"{d}/{t or '?'}" for d, t in by_seed)
+    own = {_length(d, t) for d, t in by_seed}
+    if common is not None and own != {common}:
+        text += f" (run length differs from the table's other rows: {common} epochs)"
+    return text
 
 
 def _definitions(columns: tuple[str, ...]) -> str:

@@ -6,9 +6,9 @@ import csv
 import re
 from pathlib import Path
 
-from paper_figs.curves import COLORS
+from paper_figs.actnames import act_label, colors_for
 from paper_figs.output import pyplot, save_figure
-from paper_figs.runsets import ACT_LABELS, Context
+from paper_figs.runsets import Context
 
 SPEC = "fig7-width"
 LAST_EPOCHS = 3  # "Each data point shows the average for last 3 epochs."
@@ -43,13 +43,14 @@ def figure7(ctx: Context) -> list[Path]:
         return []
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    colors = colors_for(points)
     for act, pts in points.items():
         widths = [p[0] for p in pts]
-        color = COLORS.get(act, None)
+        color = colors[act]
         ax.plot(widths, [p[1] for p in pts], marker="o", color=color,
-                label=f"{ACT_LABELS.get(act, act)} test")
+                label=f"{act_label(act)} test")
         ax.plot(widths, [p[2] for p in pts], marker=".", ls="--", color=color,
-                label=f"{ACT_LABELS.get(act, act)} train")
+                label=f"{act_label(act)} train")
     ax.set_xlabel("width factor")
     ax.set_ylabel(f"robust error (%), mean of last {LAST_EPOCHS} epochs")
     ax.set_title(f"Figure 7: width sweep ({ctx.scale} scale)")
