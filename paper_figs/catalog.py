@@ -36,7 +36,11 @@ CATALOG: dict[str, list[tuple[str, dict[str, Any]]]] = {
          for b in (0.25, 0.5, 1, 2, 4, 10, 20, 40)]
         + [(f"leakyrelu-k{k:g}", {"dataset": "cifar10", **_PRE, "act": "leakyrelu",
                                   "k": float(k)}) for k in (0.8, 0.5, 0.3, 0, -0.2, -0.5)]),
+    "pswish-curvature": [(f"pswish-beta{b:g}", {"dataset": "cifar10", **_PRE, "act": "pswish",
+                                                "beta": float(b)})
+                         for b in (0.5, 1, 2, 4, 10, 20)],
+    "lisht-fit": [("lisht-lr0.02", {"dataset": "cifar10", **_PRE, "act": "lisht"})],
 }
 
 # Scales the bundled specs define (for checking --scale when the runs folder has none yet).
-KNOWN_SCALES = ("paper", "mini", "cpu-overfit", "gpu-mini")
+KNOWN_SCALES = ("paper", "mini", "cpu-overfit", "cpu-fit", "gpu-mini")
