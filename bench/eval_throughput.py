@@ -111,11 +111,28 @@ def compare_eval_throughput(images: torch.Tensor, labels, *, device: str = "cpu"
                             width: float = 0.25, steps: int = 20, restarts: int = 5,
                             repeats: int = 3, batch_size: int = 256,
                             reference_batch_size: int = 128,
-                            precision: str = "fp32") -> dict[str, Any]:
-    """Ours and the reference on the same images; ``ratio`` = ours / reference images/s."""
+                            precision: str = "fp32",
+                            reference_images: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ours and the reference on the same images; ``ratio`` = ours / reference images/s.
+
+    ``reference_images``: the ``bench_images`` arguments that made ``images``; the reference
+    then runs in a process of its own (see :func:`bench.train_throughput.compare_train_throughput`).
+    """
     common = {"device": device, "width": width, "steps": steps, "restarts": restarts,
               "repeats": repeats}
-    ref = reference_eval_throughput(images, labels, batch_size=reference_batch_size, **common)
+    if reference_images is not None:
+        from bench.reference_process import RemoteReference
+
+        remote = RemoteReference("eval", reference_images,
+                                 {**common, "device": str(device),
+                                  "batch_size": reference_batch_size,
+                                  "threads": torch.get_num_threads()})
+        remote.close()
+        ref = remote.first
+        ref["settings"]["process"] = "separate, malloc untuned"
+    else:
+        ref = reference_eval_throughput(images, labels, batch_size=reference_batch_size,
+                                        **common)
     ours = ours_eval_throughput(images, labels, batch_size=batch_size, precision=precision,
                                 **common)
     return {"ours": ours, "reference": ref,

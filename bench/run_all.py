@@ -149,14 +149,23 @@ def run_all(quick: bool = False, json_path: Path | None = None, synthetic: bool 
         compare_train_throughput,
     )
 
+    from curvtools.cpu_allocator import keep_freed_memory
+
     size = SIZES["quick" if quick else "full"]
+    # ours runs with harness's defaults, which include its malloc settings (the CLIs apply
+    # them); the reference runs in a process of its own without them (bench.reference_process)
+    allocator = keep_freed_memory()
     results: dict[str, Any] = {"size": "quick" if quick else "full", "settings": size,
-                               "machine": machine_info(), "parts": {}}
+                               "machine": machine_info(), "parts": {},
+                               "ours_malloc_settings": allocator,
+                               "reference_process": "separate, malloc untuned"}
     n_train = (size["warmup"] + size["train_steps"] * size["train_repeats"]) * size["batch"]
-    images, labels, source = bench_images(max(n_train, size["eval_images"]), synthetic=synthetic)
+    image_args = {"n": max(n_train, size["eval_images"]), "synthetic": synthetic}
+    images, labels, source = bench_images(**image_args)
     results["data"] = source
     train = {"width": size["width"], "batch_size": size["batch"], "steps": size["train_steps"],
-             "repeats": size["train_repeats"], "warmup_steps": size["warmup"]}
+             "repeats": size["train_repeats"], "warmup_steps": size["warmup"],
+             "reference_images": image_args}
     run_part(results, "train", lambda: compare_train_throughput(images, labels, **train),
              json_path)
     run_part(results, "train_fp32", lambda: compare_train_throughput(
@@ -172,7 +181,8 @@ def run_all(quick: bool = False, json_path: Path | None = None, synthetic: bool 
     for name, precision in (("eval", "fp32"), ("eval_bf16", "bf16")):
         run_part(results, name, lambda p=precision: compare_eval_throughput(
             images[:n_eval], labels[:n_eval], width=size["width"],
-            repeats=size["eval_repeats"], precision=p), json_path)
+            repeats=size["eval_repeats"], precision=p,
+            reference_images={**image_args, "n": n_eval}), json_path)
     run_part(results, "cold_start", lambda: cold_start(size["cold_repeats"]), json_path)
     run_part(results, "hessian", lambda: hessian_part(quick, threads), json_path)
     return results

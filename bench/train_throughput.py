@@ -223,22 +223,35 @@ def compare_train_throughput(images: torch.Tensor, labels, *, device: str = "cpu
                              width: float = 0.25, batch_size: int = 128, steps: int = 8,
                              repeats: int = 3, warmup_steps: int = 2, precision: str = "auto",
                              channels_last: bool | None = None,
-                             num_workers: int = 2, compile: bool = False) -> dict[str, Any]:
+                             num_workers: int = 2, compile: bool = False,
+                             reference_images: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ours and the reference on the same images; ``ratio`` = ours / reference images/s.
 
     The repeats alternate (reference chunk, our chunk, reference chunk, ...), so a change of
     load on a shared machine hits both sides alike. ``num_workers`` of the reference DataLoader
-    is theirs (2).
+    is theirs (2). ``reference_images``: the :func:`bench_images` arguments that made
+    ``images``; the reference then runs in a process of its own with malloc left alone
+    (:class:`bench.reference_process.RemoteReference`), as their script would, while ours runs
+    here with whatever this process set (``bench.run_all`` applies harness's defaults).
     """
     common = {"device": device, "width": width, "batch_size": batch_size, "steps": steps,
               "warmup_steps": warmup_steps}
-    ref = ReferenceTrainSession(images, labels, num_workers=num_workers, **common)
+    if reference_images is not None:
+        from bench.reference_process import RemoteReference
+
+        ref = RemoteReference("train", reference_images,
+                              {**common, "device": str(device), "num_workers": num_workers,
+                               "threads": torch.get_num_threads()})
+    else:
+        ref = ReferenceTrainSession(images, labels, num_workers=num_workers, **common)
     ours = OursTrainSession(images, labels, precision=precision, channels_last=channels_last,
                             compile=compile, **common)
     ref_seconds, our_seconds = [], []
     for _ in range(repeats):
         ref_seconds.append(ref.time_chunk())
         our_seconds.append(ours.time_chunk())
+    if hasattr(ref, "close"):
+        ref.close()
     out = {"ours": _report(ours, our_seconds, steps, batch_size),
            "reference": _report(ref, ref_seconds, steps, batch_size), "interleaved": True}
     # per-pair ratios: each pair ran back to back, under nearly the same load
