@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench generated clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check curvtools harness paper_figs tests bench
+	$(VENV)/bin/ruff check curvtools harness paper_figs tests bench scripts
+
+# The generated files, in order (theory.md reads the certified table); tests compare each with
+# its generator, so run this after adding an activation, attack, architecture, dataset or option.
+generated: $(STAMP)
+	$(PY) -m curvtools.certified_table --write
+	$(PY) -m curvtools.theory_doc > docs/theory.md.tmp && mv docs/theory.md.tmp docs/theory.md
+	PYTHONPATH=. $(PY) scripts/make_guide.py
 
 bench: $(STAMP)
 	$(PY) -m bench.run_all

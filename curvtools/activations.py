@@ -63,9 +63,10 @@ class ActivationSpec:
     """A registered activation.
 
     ``sympy_expr(x, **params)`` returns the sympy expression; ``torch_module(**params)`` returns a
-    fresh ``torch.nn.Module`` (one per use in a network). ``smooth`` is True when f is twice
-    differentiable everywhere (curvature = max f''); for the others ``approx_curvature`` gives the
-    paper's approximate curvature (difference of slopes for LeakyReLU).
+    fresh ``torch.nn.Module`` (one per use in a network). ``smooth`` declares f twice
+    differentiable everywhere (it changes no number); ``approx_curvature``, when given, is the
+    number that ranks the activation instead of sup f'' (the paper's |1 - k| for LeakyReLU's
+    kink). What each means in full: docs/architecture.md, "An activation".
     """
 
     name: str

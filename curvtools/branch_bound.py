@@ -9,6 +9,12 @@ whole real line, for f'' given as smooth sympy pieces (:class:`Piece`).
 * The box with the largest ``U`` is split; boxes whose ``U`` is below the best lower bound are
   dropped. It stops when ``max U - best lower <= tol``.
 * Lengths scale with f'': the window ``[-1024 s, 1024 s]`` uses the :func:`natural_scale` s.
+* When the best point found is the window's edge, the extremum may be approached as
+  ``|x| -> inf`` and never attained (Softplus' infimum 0, ``1/(x^2+1)^(3/2)``'s): sympy's
+  exact limit of f'' there (:func:`_limit_at_infinity`) is then a lower bound of the max (upper
+  of the min) too, once the tail's interval bound agrees with it. So such an extremum gets the
+  exact limit (0, not f'' at the window's edge, which underflows to a denormal or sits above
+  the tolerance) and a certified enclosure, for every parameter alike.
 
 Used by :mod:`curvtools.symbolic` (which builds the pieces and the report). Example::
 
@@ -68,15 +74,20 @@ class Extremum:
 
     maximize: bool = True
     window: float = WINDOW  # the branch and bound covered [-window, window]
+    # the extremum is approached as x -> argbest = +-inf: the exact limit of f'' there (sympy),
+    # which is then the enclosure's end on the incumbent side (value); None otherwise
+    limit: sp.Expr | None = None
 
     @property
     def value(self) -> float:
-        """f'' at ``argbest``: attained, and within the tolerance of the extremum if certified."""
+        """f'' at ``argbest`` (attained), or its :attr:`limit` when ``argbest`` is +-inf; within
+        the tolerance of the extremum if certified."""
         return self.lower if self.maximize else self.upper
 
     @property
     def at_infinity(self) -> bool:
-        """The best point is the window's edge: the extremum is approached as |x| -> inf."""
+        """The best point is the window's edge or beyond: the extremum is approached as
+        |x| -> inf (``argbest`` is +-inf when :attr:`limit` holds it)."""
         return abs(self.argbest) >= self.window
 
 
@@ -226,11 +237,17 @@ def certified_extremum(x: sp.Symbol, parts: list[Piece], *, maximize: bool = Tru
                 heapq.heappush(heap, (-cu, ca, cb, i))
     else:
         top = best
+    tail_uppers = {(a, b): upper(a, b, i) for a, b, i in tails}
+    tail_upper = max(tail_uppers.values(), default=-math.inf)
+    limit = None
+    if abs(best_x) >= window:  # still best at the window's edge: maybe approached at +-inf
+        found = _limit_incumbent(x, parts, sign, best, tail_uppers)
+        if found is not None:
+            best, best_x, limit = found
     top = max(top, best)  # best = +inf: a pole at a piece's end, the sup is truly infinite
     live = [(a, b) for neg_u, a, b, _ in heap if -neg_u >= best - slack()]
     arg_lo = min((a for a, _ in live), default=best_x)
     arg_hi = max((b for _, b in live), default=best_x)
-    tail_upper = max((upper(a, b, i) for a, b, i in tails), default=-math.inf)
     tails_certified = tail_upper <= best + slack()
     if tails_certified:
         # the enclosure covers the tails too: a sup approached as |x| -> inf (the infimum 0 of
@@ -244,9 +261,52 @@ def certified_extremum(x: sp.Symbol, parts: list[Piece], *, maximize: bool = Tru
     certified = math.isfinite(best) and math.isfinite(top) and best <= top <= best + slack()
     if sign > 0:
         return Extremum(best, top, best_x, certified, boxes, arg_lo, arg_hi, tails_certified,
-                        tail_upper, window=window)
+                        tail_upper, window=window, limit=limit)
     return Extremum(-top, -best, best_x, certified, boxes, arg_lo, arg_hi, tails_certified,
-                    -tail_upper, maximize=False, window=window)
+                    -tail_upper, maximize=False, window=window, limit=limit)
+
+
+def _limit_at_infinity(x: sp.Symbol, piece: Piece, towards: float) -> sp.Expr | None:
+    """The exact limit of the piece's f'' as x -> ``towards`` (+-inf): a real number, +-oo, or
+    None when sympy finds none (or gives up)."""
+    try:
+        value = sp.limit(piece.f2, x, sp.oo if towards > 0 else -sp.oo)
+    except Exception:  # sympy's limit gives up on some expressions (NotImplementedError, ...)
+        return None
+    if value in (sp.oo, -sp.oo):
+        return value
+    if not (value.is_number and value.is_finite and value.is_real):
+        return None  # an oscillating f'' (AccumBounds), or a value sympy cannot decide
+    return value
+
+
+def _limit_incumbent(x: sp.Symbol, parts: list[Piece], sign: float, best: float,
+                     tail_uppers: dict[tuple[float, float], float]
+                     ) -> tuple[float, float, sp.Expr] | None:
+    """``(lower bound of sup g, argbest +-inf, exact limit of f'')`` when ``g = sign * f''``
+    tends to a limit of at least ``best`` as x -> +-inf: a sup is at least every limit of the
+    function, so the limit becomes the incumbent. The float is the limit rounded outward
+    (:mod:`curvtools.interval`); a limit above its tail's rigorous interval bound would
+    contradict that bound and is not used. None when no side qualifies."""
+    found = None
+    for towards, piece in ((-math.inf, parts[0]), (math.inf, parts[-1])):
+        if (piece.lo if towards < 0 else piece.hi) != towards:
+            continue
+        exact = _limit_at_infinity(x, piece, towards)
+        if exact is None:
+            continue
+        if exact in (sp.oo, -sp.oo):
+            low = sign * (math.inf if exact == sp.oo else -math.inf)
+        else:
+            try:
+                lo, hi = interval_function(x, exact)(0.0, 0.0)
+            except ValueError:  # a constant the interval compiler has no rule for
+                continue
+            low = lo if sign > 0 else -hi
+        bound = next((u for (a, b), u in tail_uppers.items() if towards in (a, b)), math.inf)
+        if best <= low <= bound and (found is None or low > found[0]):
+            found = (low, towards, exact)
+    return found
 
 
 def _inside(lo: float, hi: float) -> float:

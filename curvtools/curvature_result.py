@@ -44,9 +44,10 @@ class Curvature:
     argmax_at_infinity: bool = False  # the max is approached as x -> argmax = +-inf, not attained
     argmin_at_infinity: bool = False
     window: float = WINDOW  # the branch and bound's window [-window, window]
-    # An extremum approached as x -> +-inf, not attained: its exact limit there (sympy, inside
-    # the certified enclosure), as a float and in closed form; None when attained or unknown.
-    # max_value/min_value stay f'' at the farthest point checked (attained values).
+    # An extremum approached as x -> +-inf, not attained: its exact finite limit there (sympy;
+    # the enclosure's end on that side, so max_value/min_value equal it), as a float and in
+    # closed form; None when attained, unknown or infinite (max_value/min_value: f'' at argmax/
+    # argmin, or +-inf).
     max_limit: float | None = None
     min_limit: float | None = None
     min_exact: str | None = None  # closed form of min_limit (max_exact serves the max)

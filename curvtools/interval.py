@@ -24,15 +24,8 @@ from mpmath.libmp import to_float
 
 Interval = Callable[[float, float], tuple[float, float]]
 
-_WHOLE = None  # sentinel computed lazily (iv.mpf needs the context)
-
-
 def _whole():
     return iv.mpf(["-inf", "inf"])
-
-
-def _point(v) -> object:
-    return iv.mpf([v, v])
 
 
 _FLOAT_MAX = sys.float_info.max

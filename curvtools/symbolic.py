@@ -9,13 +9,17 @@ whole real line by interval branch and bound (:mod:`curvtools.branch_bound`):
   natural extension, intersected on finite boxes with the mean-value form
   ``f''(m) + f'''([a, b]) * ([a, b] - m)`` (second-order tight near a smooth maximum).
 * Every box midpoint gives a rigorous lower bound ``f''(m) >= lo(m)`` of the maximum.
-* The box with the largest ``U`` is split (finite boxes in halves, a tail ``[a, inf)`` into
-  ``[a, 2a]`` and ``[2a, inf)``); boxes whose ``U`` is below the best lower bound are dropped.
-  It stops when ``max U - best lower <= tol``: the global maximum then lies in
-  ``[best lower, max U]``, for every real x, tails included. If the budget runs out first the
-  (wider) enclosure is still rigorous and the result says ``certified=False``.
-* Lengths scale with f'': the window ``[-1024 s, 1024 s]`` and the rest use the
-  :func:`natural_scale` s (1/beta for PSwish and Softplus), so every beta costs the same work.
+* The box of the window ``[-1024 s, 1024 s]`` with the largest ``U`` is split in halves; boxes
+  whose ``U`` is below the best lower bound are dropped. It stops when
+  ``max U - best lower <= tol``; the two tails beyond the window are bounded once each. The
+  global maximum then lies in ``[best lower, max(max U, tail bound)]``, for every real x. If
+  the budget runs out first the (wider) enclosure is still rigorous and the result says
+  ``certified=False``.
+* An extremum approached as ``|x| -> inf`` and never attained (the best point is the window's
+  edge: Softplus' infimum 0 as x -> -inf) takes sympy's exact limit of f'' there as its value,
+  a bound as good as any attained one (:mod:`curvtools.branch_bound`): 0, not f'' at the edge.
+* Lengths scale with f'': the window and the rest use the :func:`natural_scale` s (1/beta for
+  PSwish and Softplus), so every beta costs the same work.
 
 Piecewise activations are split at their breakpoints and each piece is bounded on its closed
 interval (the supremum over an open piece is the maximum of the continuous extension over its
@@ -217,13 +221,21 @@ def compute_curvature(act: Activation, tol: float = 1e-9) -> Curvature:
     piece_of_max = next((p for p in parts if p.lo <= top.argbest <= p.hi), parts[0])
     exact = _exact_value(d, piece_of_max, top)
     jumps = slope_jumps(d) if len(parts) > 1 else []
+    linear = bool(jumps) and top.upper == bottom.lower  # one constant f'' off the kinks (LeakyReLU)
     approx = act.approx_curvature()
-    if approx is not None:
+    if approx is not None and linear:
         kind = "approximate: slope difference at the kink (the paper's)"
         value = approx
-        notes.append("non-smooth: f'' is 0 away from the kink and undefined at it; the paper's "
-                     "approximate curvature is used")
-    elif jumps and top.upper == bottom.lower:
+        notes.append(f"non-smooth: f'' is {top.value + 0.0:g} away from the kink and undefined at "
+                     f"it; the paper's approximate curvature is used")
+    elif approx is not None:  # e.g. a SmeLU-like plugin: f'' is not 0 everywhere
+        kind = "approximate: the activation's approx_curvature"
+        value = approx
+        shape = _shape_note(parts, jumps)
+        notes.append((f"{shape}; " if shape else "")
+                     + f"the activation's approx_curvature ({approx:g}) is used as its "
+                       f"curvature, not sup f'' ({top.value:g})")
+    elif linear:
         # piecewise linear (a user LeakyReLU-like expression): the paper's slope difference
         kind = "approximate: slope difference at the kink (the paper's)"
         value = max(abs(j) for _, j in jumps)
@@ -232,18 +244,10 @@ def compute_curvature(act: Activation, tol: float = 1e-9) -> Curvature:
     elif len(parts) > 1:
         kind = "sup of f'' over the smooth pieces"
         value = top.value
-        if jumps:
-            notes.append("f' jumps at " + ", ".join(f"x={a:g} (by {j:g})" for a, j in jumps)
-                         + ": f'' has a Dirac mass there, ignored")
-        else:
-            notes.append("C1 but not C2: f'' is discontinuous at "
-                         + ", ".join(f"{p.hi:g}" for p in parts[:-1])
-                         + "; the supremum is approached at a piece boundary, maybe not attained")
+        notes.append(_shape_note(parts, jumps))
     else:
         kind = "max f'' (certified)" if top.certified else "max f'' (NOT certified, see bounds)"
         value = top.value if exact is None else float(exact[1])
-    limits = {what: _limit_at_infinity(d, parts, ext) for ext, what in ((top, "max"),
-                                                                         (bottom, "min"))}
     for ext, what in ((top, "max"), (bottom, "min")):
         if not ext.tails_certified:
             notes.append(f"{what}: enclosed by interval B&B on [-{ext.window:g}, {ext.window:g}]"
@@ -254,9 +258,10 @@ def compute_curvature(act: Activation, tol: float = 1e-9) -> Curvature:
         if ext.at_infinity:
             towards = "-inf" if ext.argbest < 0 else "inf"
             notes.append(f"{what}: not attained; approached as x -> {towards}")
-    if not (top.certified and bottom.certified):
-        notes.append("NOT certified to tolerance: the enclosure is still rigorous but wider")
-    max_limit, min_limit = limits["max"], limits["min"]
+        if not ext.certified:
+            notes.append(f"{what}: NOT certified to tolerance: the enclosure is still rigorous "
+                         f"but wider")
+    max_limit, min_limit = _finite_limit(top), _finite_limit(bottom)
     return Curvature(
         label=act.label, smooth=len(parts) == 1 and act.smooth, f=str(d.f),
         f1=str(d.f1_simple), f2=str(d.f2_simple),
@@ -278,25 +283,30 @@ def compute_curvature(act: Activation, tol: float = 1e-9) -> Curvature:
     )
 
 
+def _shape_note(parts: list[Piece], jumps: list[tuple[float, float]]) -> str:
+    """What f'' is like at the breakpoints of a piecewise f ("" for one smooth piece)."""
+    if jumps:
+        return ("f' jumps at " + ", ".join(f"x={a:g} (by {j:g})" for a, j in jumps)
+                + ": f'' has a Dirac mass there, ignored")
+    if len(parts) > 1:
+        return ("C1 but not C2: f'' is discontinuous at "
+                + ", ".join(f"{p.hi:g}" for p in parts[:-1])
+                + "; the supremum is approached at a piece boundary, maybe not attained")
+    return ""
+
+
+def _finite_limit(ext: Extremum):
+    """The exact finite limit of f'' at +-inf where ``ext`` is approached (the branch and
+    bound's :attr:`Extremum.limit`, e.g. Softplus' infimum 0 as x -> -inf); None otherwise
+    (attained, no limit found, or an infinite one: the value is then inf itself)."""
+    if ext.limit is None or ext.limit in (sp.oo, -sp.oo):
+        return None
+    return ext.limit
+
+
 def _arg(ext: Extremum) -> float:
     """The argument of an extremum: +-inf when it is approached as x -> +-inf (the window's
     edge is where the search stopped, not where f'' takes the value)."""
     if ext.at_infinity:
         return math.inf if ext.argbest > 0 else -math.inf
     return ext.argbest
-
-
-def _limit_at_infinity(d: Derivatives, parts: list[Piece], ext: Extremum):
-    """The exact limit of f'' as x -> +-inf when the extremum is approached there (e.g. the
-    infimum 0 of Softplus' f'' as x -> -inf), if sympy finds it and it lies in the certified
-    enclosure; else None (the enclosure alone is then reported)."""
-    if not (ext.at_infinity and ext.tails_certified):
-        return None
-    piece = parts[-1] if ext.argbest > 0 else parts[0]
-    try:
-        value = sp.limit(piece.f2, d.x, sp.oo if ext.argbest > 0 else -sp.oo)
-    except Exception:  # sympy's limit gives up on some expressions (NotImplementedError, ...)
-        return None
-    if not (value.is_number and value.is_finite and value.is_real):
-        return None
-    return value if ext.lower <= float(value) <= ext.upper else None

@@ -13,6 +13,14 @@ import typer
 from curvtools.act_options import trust_typed_plugins
 from curvtools.clirun import check_output_dir, check_output_path, quoted_path
 from curvtools.fileio import write_json_atomic
+from harness.datasets import help_text as dataset_help_text
+from harness.specs import bundled_spec_names
+
+
+def spec_help() -> str:
+    """SPEC's help, from the bundled specs (:func:`harness.specs.bundled_spec_names`)."""
+    return (f"Bundled spec name ({', '.join(bundled_spec_names())}; in harness/specs/) or a "
+            f"path to a spec .json file.")
 
 
 def _plan_rows(plan) -> list[dict]:
@@ -22,9 +30,7 @@ def _plan_rows(plan) -> list[dict]:
 
 
 def sweep(
-    spec: str = typer.Argument(..., help="Bundled spec name (table1-cifar10, table1-cifar100, "
-                               "table2-pswish, table3-leakyrelu, fig7-width, curvature-sweep; "
-                               "in harness/specs/) or a path to a spec .json file."),
+    spec: str = typer.Argument(..., help=spec_help()),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir",
                                   help="Folder of run directories; runs go to "
                                        "RUNS_DIR/SCALE/SPEC/RUN."),
@@ -58,10 +64,9 @@ def sweep(
                               help="--executor slurm: block until all jobs ended and report "
                                    "them (default: return after submitting)."),
     data: str = typer.Option(None, "--data",
-                             help="Override every run's dataset, e.g. "
-                                  "imagefolder:/data/cifar10-jpg or cifar10 (a relative PATH "
-                                  "is from the current folder; the bundled specs' own paths "
-                                  "are from the repository root)."),
+                             help=f"Override every run's dataset: {dataset_help_text()} (a "
+                                  f"relative PATH is from the current folder; the bundled "
+                                  f"specs' own paths are from the repository root)."),
     data_dir: str = typer.Option(None, "--data-dir",
                                  help="Override every run's data_dir (download/cache folder)."),
     set_: list[str] = typer.Option(None, "--set",

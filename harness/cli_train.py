@@ -1,7 +1,8 @@
 """``harness train``, ``harness eval`` and ``harness demo``.
 
-Every :class:`harness.train.TrainConfig` setting is an option of ``train`` with the paper's
-default. Exit codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss;
+Every :class:`harness.config.TrainConfig` setting is an option of ``train`` with the paper's
+default (``tests/test_recipes.py`` checks both ways, and that docs/guide.md lists each). Exit
+codes: 0 done, 2 bad input (one line on stderr), 3 training diverged (NaN/inf loss;
 ``best.pt``/``last.pt`` keep the last good epoch).
 """
 
@@ -25,14 +26,31 @@ from curvtools.errors import BadInput, check_seed, shown
 from curvtools.fileio import json_safe, write_json_atomic
 from curvtools.progress import advance, new_progress
 from harness.report import robust_above_clean_note
+from harness.datasets import REGISTRY as DATASETS
+from harness.models import arch_help as registered_archs
 
-TRAIN_PANEL = "Data"
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-# harness.attacks.names() without importing torch for --help (a test keeps them equal)
-ATTACK_HELP = ("pgd (ours, the paper's), torchattacks-pgd, autoattack (linf or l2), fgsm, "
-               "apgd-ce, apgd-dlr, fab, square, cw, or torchattacks:NAME[:key=value,...] for "
-               "any torchattacks attack.")
+# The attack registry imports torch (1-2 s), which --help does not wait for: the help names
+# the registry and a few of its entries (a test checks they are registered) instead of listing
+# it, so a new attack changes no file here. A wrong name lists every registered one.
+ATTACK_HELP = ("A name of the attack registry (harness.attacks; a wrong name lists them all), "
+               "e.g. pgd (ours, the paper's), autoattack (linf or l2), apgd-ce, fgsm, or "
+               "torchattacks:NAME[:key=value,...] for any torchattacks attack.")
+
+
+def dataset_help() -> str:
+    """``--dataset``'s help, from the dataset registry (:mod:`harness.datasets`, no torch)."""
+    forms = [f"{s.name}{':PATH' if s.takes_path else ''}: {s.help}" for s in DATASETS.values()]
+    return "; ".join(forms) + ". A relative PATH is from the current folder."
+
+
+def arch_help() -> str:
+    """``--arch``'s help, from the architecture registry (:mod:`harness.models`, no torch)."""
+    return (f"{registered_archs()}; or a plugin: module:ATTRIBUTE naming an ArchSpec, or a "
+            f"name a package declares in the lowcurv.architectures entry points.")
+
+
 # harness eval's options that set a threat-model field (refused when the attack ignores them)
 THREAT_OPTIONS = {"steps": "steps", "restarts": "restarts", "eps_255": "eps",
                   "alpha_255": "step", "norm": "norm"}
@@ -88,10 +106,7 @@ def _resume_settings(out: Path, given: dict[str, Any], explicit: set[str]) -> di
 @with_activation_options
 def train_command(
     ctx: typer.Context,
-    dataset: Annotated[str, typer.Option(help="cifar10, cifar100, imagefolder:PATH (train/ and "
-                                              "test/ subfolders; a relative PATH is from the "
-                                              "current folder) or digits (offline).")
-                       ] = "cifar10",
+    dataset: Annotated[str, typer.Option(help=dataset_help())] = "cifar10",
     data_dir: Annotated[str, typer.Option(help="Where torchvision keeps/downloads CIFAR.")
                         ] = "data",
     download: Annotated[bool, typer.Option(help="Download CIFAR when missing.")] = True,
@@ -106,8 +121,7 @@ def train_command(
                                                          "epoch (default: all).")] = None,
     augment: Annotated[bool, typer.Option(help="Reflect-pad 4, random crop, horizontal flip.")
                        ] = True,
-    arch: Annotated[str, typer.Option(help="preactresnet18 (paper), resnet18 or wrn-D-W.")
-                    ] = "preactresnet18",
+    arch: Annotated[str, typer.Option(help=arch_help())] = "preactresnet18",
     width: Annotated[float, typer.Option(help="Channel multiplier (1.0 = paper).")] = 1.0,
     act: Annotated[str, typer.Option(help="Activation name from the registry "
                                           "(`curvtools curvature --act all` lists the "
@@ -138,6 +152,13 @@ def train_command(
         "--allow-unusual-eps",
         help="Accept an --eps-255 below 1 or above 255 (else refused: likely given in the "
              "wrong units).")] = False,
+    train_attack: Annotated[str, typer.Option(
+        help="Attack of the training: pgd (the paper's) or another name of the attack registry, "
+             "as harness eval --attack takes; one that runs the model in eval mode (torchattacks' "
+             "do) needs --attack-bn eval.")] = "pgd",
+    eval_attack: Annotated[str, typer.Option(
+        help="Attack of the per-epoch validation and test evaluation: pgd or another name of "
+             "the attack registry, as harness eval --attack takes.")] = "pgd",
     seed: Annotated[int, typer.Option(help="Seed of init, data order and attack starts.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 autocast with loss scaling on "

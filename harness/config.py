@@ -1,7 +1,9 @@
 """Every setting of a training run (:class:`TrainConfig`) and its validation.
 
-The defaults are the paper's protocol (``../shared/PROTOCOL.md``). A config is plain data: it
-imports no torch, so the sweep planner and the CLIs check settings without loading a model.
+The defaults are the paper's protocol (``../shared/PROTOCOL.md``). A config is plain data:
+importing this module loads no torch, so the CLIs build their options without it; checking a
+config (:meth:`TrainConfig.validate`) consults the activation, architecture, dataset and attack
+registries, which do load torch (no model and no data, though).
 Activation parameters live in ``act_params`` and are declared by the activation itself
 (``curvtools.activations``); the threat models of training and evaluation come from
 :meth:`TrainConfig.train_threat` and :meth:`TrainConfig.eval_threat`.
@@ -87,6 +89,10 @@ class TrainConfig:
     # eps_255 in (0, 1) (a fraction such as 0.031 given instead of 1/255 units) or above 255 (a
     # radius beyond the [0, 1] image range) is refused unless this is true
     allow_unusual_eps: bool = False
+    # the attacks of training and of the per-epoch evaluation, by harness.attacks registry name
+    # (a config.json or checkpoint written before these settings: "pgd", see stored_settings)
+    train_attack: str = "pgd"
+    eval_attack: str = "pgd"
     # run
     seed: int = 0
     device: str = "auto"
@@ -135,8 +141,8 @@ class TrainConfig:
         return resolve(self.act, **self.act_params)
 
     def train_threat(self):
-        """The :class:`~harness.attacks.ThreatModel` of the training attack (PGD-``train_steps``,
-        BatchNorm per ``attack_bn``)."""
+        """The :class:`~harness.attacks.ThreatModel` of the training attack ``train_attack``
+        (``train_steps``, ``train_restarts``, BatchNorm per ``attack_bn``)."""
         from harness.attacks import ThreatModel
 
         return ThreatModel.from_255(eps_255=self.eps_255, step_255=self.alpha_255, norm=self.norm,
@@ -145,8 +151,8 @@ class TrainConfig:
                                     allow_unusual_eps=self.allow_unusual_eps)
 
     def eval_threat(self):
-        """The :class:`~harness.attacks.ThreatModel` of the per-epoch evaluation (BatchNorm in
-        eval mode)."""
+        """The :class:`~harness.attacks.ThreatModel` of the per-epoch evaluation attack
+        ``eval_attack`` (``eval_steps``, ``eval_restarts``, BatchNorm in eval mode)."""
         from harness.attacks import ThreatModel
 
         return ThreatModel.from_255(eps_255=self.eps_255, step_255=self.alpha_255, norm=self.norm,
@@ -180,6 +186,49 @@ def upgrade_legacy(d: Mapping[str, Any]) -> dict[str, Any]:
                            f"act_params={shown(params)} and {shown(given)}")
         out["act_params"] = given
     return out
+
+
+# Settings added after runs were written: what a config.json or checkpoint without them meant.
+ABSENT_MEANS = {"train_attack": "pgd", "eval_attack": "pgd"}
+
+
+def stored_settings(d: Mapping[str, Any]) -> dict[str, Any]:
+    """What a stored ``train_config`` (config.json, checkpoint) means in today's settings:
+    :func:`upgrade_legacy`, and each setting of :data:`ABSENT_MEANS` it lacks at the value runs
+    had before the setting existed (so resuming compares them too).
+
+    >>> stored_settings({"act": "silu"})["train_attack"]
+    'pgd'
+    """
+    return {**ABSENT_MEANS, **upgrade_legacy(d)}
+
+
+# TrainConfig setting -> the ThreatModel field it sets, per attack (harness.attacks.make_attack
+# refuses a field the attack cannot use when the setting differs from its default)
+_THREAT_SETTINGS = {
+    "train_attack": {"eps_255": "eps", "alpha_255": "step", "norm": "norm",
+                     "train_steps": "steps", "train_restarts": "restarts",
+                     "attack_bn": "bn_mode"},
+    "eval_attack": {"eps_255": "eps", "alpha_255": "step", "norm": "norm",
+                    "eval_steps": "steps", "eval_restarts": "restarts"},
+}
+
+
+def _check_attacks(c: TrainConfig) -> None:
+    """Both attacks name an entry of the attack registry that can run their threat model."""
+    from harness.attacks import make_attack
+
+    defaults = TrainConfig()
+    for name, threat in (("train_attack", c.train_threat), ("eval_attack", c.eval_threat)):
+        value = getattr(c, name)
+        _need(isinstance(value, str) and value.strip() != "",
+              f"{name}={shown(value)} must be an attack name (harness.attacks.names())")
+        explicit = {field for setting, field in _THREAT_SETTINGS[name].items()
+                    if getattr(c, setting) != getattr(defaults, setting)}
+        try:
+            make_attack(value, threat(), explicit=explicit)
+        except BadInput as err:
+            raise BadInput(f"{name}: {err}") from None
 
 
 def _need(ok: bool, message: str) -> None:
@@ -293,6 +342,7 @@ def _validate(c: TrainConfig) -> None:
     for name in ("train_steps", "eval_steps", "train_restarts", "eval_restarts"):
         _need_int(c, name, 1)
     _need_choice(c, "attack_bn", ATTACK_BN_MODES)
+    _check_attacks(c)
     _need_choice(c, "precision", PRECISIONS)
     _need_choice(c, "compile_mode", COMPILE_MODES)
     for name in ("channels_last", "cuda_graphs"):

@@ -5,7 +5,7 @@ A dataset spec is ``NAME`` or, for datasets that live in a folder, ``NAME:PATH``
 - ``cifar10``, ``cifar100``: torchvision's datasets, kept in (and downloaded to) ``data_dir``;
 - ``imagefolder:PATH``: any ImageFolder tree with ``train/`` and ``test/`` (e.g. the CIFAR-10
   JPEG copy, ``imagefolder:../shared/data/cifar10-jpg``);
-- ``digits``: scikit-learn's 8x8 digits at 16x16, offline.
+- ``digits``: scikit-learn's digits, 8x8 scans upsampled to 16x16 images, offline.
 
 Adding a dataset: an opener returning a :class:`harness.sources.ImageSource`, and one
 :func:`register` call below (``docs/architecture.md``). Nothing else parses dataset names.
@@ -158,5 +158,5 @@ register(DatasetSpec("cifar100", "CIFAR-100 (torchvision, into --data-dir)", _op
                      image_size=32))
 register(DatasetSpec("imagefolder", "any ImageFolder tree with train/ and test/ subfolders",
                      _open_imagefolder, takes_path=True))
-register(DatasetSpec("digits", "scikit-learn's 8x8 digits at 16x16 (offline)", _open_digits,
+register(DatasetSpec("digits", "scikit-learn's digits as 16x16 images (offline)", _open_digits,
                      image_size=16))

@@ -87,7 +87,7 @@ def run_demo(acts: Sequence[str] = ("relu", "silu"), epochs: int = 4,
 
 
 def demo_config(name: str, epochs: int, seed: int):
-    """The :class:`harness.train.TrainConfig` of the demo run of activation ``name``."""
+    """The :class:`harness.config.TrainConfig` of the demo run of activation ``name``."""
     from harness.config import TrainConfig
 
     return TrainConfig.from_dict(DEMO_SETTINGS | {"act": name, "epochs": epochs, "seed": seed})

@@ -51,8 +51,6 @@ from torch import nn
 
 from curvtools.errors import BadInput
 
-ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
 
 @dataclass(frozen=True)
 class DistContext:

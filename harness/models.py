@@ -43,20 +43,23 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any
 
 from curvtools.activations import from_config, resolve
 from curvtools.checks import is_number
 from curvtools.errors import BadInput, shown
 from curvtools.plugins import ARCHITECTURE_GROUP, from_entry_points, is_reference, load_reference
-from harness.nets import ActFactory, Normalized, PreActResNet, ResNet, WideResNet
+
+if TYPE_CHECKING:  # the registry itself loads no torch: `harness train --help` lists it
+    import torch.nn as nn
+
+    from harness.nets import ActFactory
 
 CONFIG_KEYS = ("arch", "act", "num_classes", "in_channels", "width", "mean", "std")
 
-# build(num_classes, in_channels, width, make_act, **named groups of the pattern) -> the core net
-Builder = Callable[..., nn.Module]
+# build(num_classes, in_channels, width, make_act, **named groups of the pattern) -> the core
+# net (an nn.Module); a network class with that constructor is a builder itself
+Builder = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,8 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     core = spec.build(num_classes, in_channels, width, activation.module, **params)
     mean = _per_channel(config, "mean", 0.0, in_channels, positive=False)
     std = _per_channel(config, "std", 1.0, in_channels, positive=True)
+    from harness.nets import Normalized
+
     return Normalized(core, mean, std)
 
 
@@ -237,17 +242,23 @@ def describe(config: Mapping[str, Any]) -> str:
 
 def _preactresnet18(num_classes: int, in_channels: int, width: float,
                     make_act: ActFactory) -> nn.Module:
+    from harness.nets import PreActResNet
+
     return PreActResNet([2, 2, 2, 2], _scaled([64, 128, 256, 512], width), num_classes,
                         in_channels, make_act)
 
 
 def _resnet18(num_classes: int, in_channels: int, width: float, make_act: ActFactory) -> nn.Module:
+    from harness.nets import ResNet
+
     return ResNet([2, 2, 2, 2], _scaled([64, 128, 256, 512], width), num_classes, in_channels,
                   make_act)
 
 
 def _wrn(num_classes: int, in_channels: int, width: float, make_act: ActFactory, *,
          depth: int, widen: int) -> nn.Module:
+    from harness.nets import WideResNet
+
     channels = _scaled([16, 16 * widen, 32 * widen, 64 * widen], width)
     return WideResNet((depth - 4) // 6, channels, num_classes, in_channels, make_act)
 

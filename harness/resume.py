@@ -18,7 +18,7 @@ import torch
 
 from curvtools.checks import is_int, is_number
 from curvtools.errors import BadInput
-from harness.config import RESUMABLE_CHANGES, TrainConfig
+from harness.config import RESUMABLE_CHANGES, TrainConfig, stored_settings
 from harness.runtime import precision_name
 from harness.step import Engine
 
@@ -123,7 +123,7 @@ def check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any], epochs_done
         raise BadInput(f"--resume: epochs={cfg.epochs} is fewer than the {epochs_done} epochs "
                        f"the run has trained; allowed: epochs >= {epochs_done}")
     current = cfg.to_dict()
-    for key, value in stored.items():
+    for key, value in stored_settings(stored).items():  # an absent train_attack was "pgd"
         if key in RESUMABLE_CHANGES or key not in current:
             continue
         if current[key] != value:

@@ -142,13 +142,21 @@ def allow_recompiles(limit: int = 64) -> None:
             setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
 
 
-def uses_cuda_graphs(cfg: Any, device: torch.device, dist: DistContext = SINGLE) -> bool:
+def uses_cuda_graphs(cfg: Any, device: torch.device, dist: DistContext = SINGLE, *,
+                     graphable: bool = True) -> bool:
     """Whether training steps replay CUDA graphs: ``cfg.cuda_graphs``, or by default on CUDA.
 
-    Not with data parallel (DDP's gradient all-reduce hooks run outside a capture). With
-    ``--compile`` the compiled kernels are captured too (torch.compile's default mode brings no
-    graphs of its own).
+    Not with data parallel (DDP's gradient all-reduce hooks run outside a capture), and not
+    when the training attack is not ``graphable`` (``graphable=False``: a registered attack
+    whose ``perturb`` draws random numbers or syncs the host, such as torchattacks' attacks;
+    a replay would repeat the captured random numbers or fail to capture): then the steps and
+    the per-epoch evaluation run eagerly even with ``--cuda-graphs``, and config.json's
+    ``resolved.cuda_graphs`` says so (with graphs on, evaluation still replays only a
+    ``graphable`` attack, :func:`harness.evaluate.evaluate_robust`). With ``--compile`` the
+    compiled kernels are captured too (torch.compile's default mode brings no graphs of its
+    own).
     """
-    return cfg.cuda_graphs is not False and device.type == "cuda" and not dist.enabled
+    return (cfg.cuda_graphs is not False and device.type == "cuda" and not dist.enabled
+            and graphable)
 
 

@@ -7,7 +7,7 @@
 - Any ImageFolder tree with ``train/`` and ``test/`` (:class:`ImageFolderSource`): class folders
   sorted alphabetically give the labels, as torchvision's ImageFolder. Labels come from the file
   list without decoding; decoded images are cached in ``~/.cache/lowcurv``.
-- scikit-learn's 1,797 8x8 handwritten digits (:func:`open_digits`, shipped inside the package,
+- scikit-learn's 1,797 8x8 handwritten digits (:func:`open_digits`, shipped inside scikit-learn,
   no download), upsampled to 16x16 by pixel repetition, split 80/20 per class with a fixed seed.
 
 Which dataset name opens which source is :mod:`harness.datasets` (the registry).

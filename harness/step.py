@@ -6,6 +6,7 @@ the step's order and its BatchNorm bookkeeping are explained in its module docst
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -74,7 +75,8 @@ class Engine:
     scaler: torch.amp.GradScaler | None = None
     _steps: tuple | None = None
     eval_graphs: dict | None = None  # harness.evaluate.evaluate_robust's graph cache
-    # the attacks of training and per-epoch evaluation (harness.attacks registry, "pgd")
+    # the attacks of training and per-epoch evaluation: None builds cfg.train_attack /
+    # cfg.eval_attack from the harness.attacks registry (build_attacks)
     train_attack: Any = None
     eval_attack: Any = None
 
@@ -94,12 +96,12 @@ class Engine:
         return self._steps
 
     def __post_init__(self):
-        from harness.attacks import make_attack
-
-        if self.train_attack is None:
-            self.train_attack = make_attack("pgd", self.cfg.train_threat())
-        if self.eval_attack is None:
-            self.eval_attack = make_attack("pgd", self.cfg.eval_threat())
+        if self.train_attack is None or self.eval_attack is None:
+            train_attack, eval_attack = build_attacks(self.cfg)
+            if self.train_attack is None:
+                self.train_attack = train_attack
+            if self.eval_attack is None:
+                self.eval_attack = eval_attack
         if self.scaler is None:
             self.scaler = loss_scaler(self.amp, self.device)
         if self.scaler.is_enabled():
@@ -109,6 +111,25 @@ class Engine:
         from harness.attacks import autocast
 
         return autocast(self.device.type, self.amp)
+
+
+def build_attacks(cfg: TrainConfig, num_classes: int = 10) -> tuple[Any, Any]:
+    """``(training attack, per-epoch evaluation attack)``: ``cfg.train_attack`` under
+    :meth:`TrainConfig.train_threat` and ``cfg.eval_attack`` under
+    :meth:`TrainConfig.eval_threat`, from the :mod:`harness.attacks` registry (seeded with
+    ``cfg.seed`` where an attack draws its own random numbers)."""
+    from harness.attacks import make_attack
+
+    return (make_attack(cfg.train_attack, cfg.train_threat(), num_classes=num_classes,
+                        seed=cfg.seed),
+            make_attack(cfg.eval_attack, cfg.eval_threat(), num_classes=num_classes,
+                        seed=cfg.seed))
+
+
+def _takes_final_forward(attack: Any) -> bool:
+    """Whether ``attack.perturb`` can skip its restart-selection forward (``final_forward``:
+    the one PGD), which the training step then folds into its robust forward."""
+    return "final_forward" in inspect.signature(attack.perturb).parameters
 
 
 def attack_generator(device: torch.device, seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -161,16 +182,19 @@ class TrainStep:
         # fold the attack's restart-selection forward into the robust forward (module doc)
         cfg = engine.cfg
         self.batchnorms = _batchnorms(engine.net)
+        # only an attack that can skip that forward (final_forward) has one to fold
+        self.final_forward_option = _takes_final_forward(engine.train_attack)
         self.fold_selection_forward = (
-            cfg.train_restarts == 1 and cfg.attack_bn == "train"
+            self.final_forward_option and cfg.train_restarts == 1 and cfg.attack_bn == "train"
             and all(m.momentum is not None for m in self.batchnorms))
 
     def robust(self, x: torch.Tensor, y: torch.Tensor, *starts: torch.Tensor):
         engine = self.engine
         model = engine.forward
         fold = self.fold_selection_forward
+        options = {"final_forward": not fold} if self.final_forward_option else {}
         delta = engine.train_attack.perturb(model, x, y, *starts, autocast_dtype=engine.amp,
-                                            final_forward=not fold)
+                                            **options)
         x_adv = (x + delta).clamp_(0.0, 1.0)
         twice = (running_stats_count_twice(self.batchnorms) if fold
                  else contextlib.nullcontext())
@@ -196,7 +220,8 @@ class TrainStep:
 
 def train_one_epoch(engine: Engine, batches, epoch: int,
                     on_batch: Callable[[], None] | None = None) -> dict[str, float]:
-    """One epoch (0-based ``epoch``) of PGD training; returns the train metrics and last lr.
+    """One epoch (0-based ``epoch``) of adversarial training with ``engine.train_attack`` (PGD
+    by default); returns the train metrics and last lr.
 
     Sums stay on the device and are read once at the end: no host sync per step. On CUDA the two
     halves of the step (:class:`TrainStep`) replay CUDA graphs captured in the first epoch.
@@ -237,7 +262,8 @@ def train_one_epoch(engine: Engine, batches, epoch: int,
 
 def evaluate_part(engine: Engine, batches, epoch: int, stream: int, prefix: str,
                   on_batch: Callable[[], None] | None = None) -> dict[str, float]:
-    """Clean and PGD (``eval_steps``, ``eval_restarts``) metrics of a set, model in eval mode."""
+    """Clean and robust metrics of a set under ``engine.eval_attack`` (PGD by default, with
+    ``eval_steps``, ``eval_restarts``), model in eval mode."""
     cfg = engine.cfg
     result = evaluate_sharded(
         engine.forward, batches, engine.dist, engine.eval_attack,
@@ -304,8 +330,11 @@ def build_engine(cfg: TrainConfig, model_config: dict, device: torch.device,
     extra = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, **extra)
+    train_attack, eval_attack = build_attacks(cfg, int(model_config.get("num_classes", 10)))
     return Engine(cfg, net, forward, optimizer, device, amp, train_forward, dist,
-                  cuda_graphs=uses_cuda_graphs(cfg, device, dist), eval_graphs={})
+                  cuda_graphs=uses_cuda_graphs(cfg, device, dist,
+                                               graphable=train_attack.graphable),
+                  eval_graphs={}, train_attack=train_attack, eval_attack=eval_attack)
 
 
 def run_epoch(engine: Engine, data: RunData, epoch: int, reporter: Reporter) -> dict:

@@ -20,7 +20,7 @@ A run counts as finished when its ``DONE`` marker records at least the planned e
 ``metrics.jsonl`` has a row for the last epoch. It is resumed when ``last.pt`` exists; a
 directory without ``last.pt`` (a run that died in its first epoch) is started again with
 ``overwrite=True``. A directory whose ``config.json`` disagrees with the spec on a setting that
-resuming may not change (all but ``harness.train.RESUMABLE_CHANGES``: epochs, device, data_dir,
+resuming may not change (all but ``harness.config.RESUMABLE_CHANGES``: epochs, device, data_dir,
 ...) is a conflict: the sweep refuses to start (nothing on disk is touched) and names the run.
 
 Example::
@@ -40,7 +40,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from curvtools.errors import BadInput, shown
-from curvtools.runfiles import RUN_LOCK, read_metrics
+from curvtools.runfiles import RUN_LOCK, read_metrics, same_setting, settings_of
+from harness.config import ABSENT_MEANS
 from harness.specs import Spec, load_spec, run_dir, write_manifest
 
 __all__ = ["PlannedRun", "plan_sweep", "LocalExecutor", "Executor", "load_spec",
@@ -49,7 +50,7 @@ __all__ = ["PlannedRun", "plan_sweep", "LocalExecutor", "Executor", "load_spec",
 
 def _resumable_changes() -> tuple[str, ...]:
     """Settings that may differ between a run directory and the spec without making it another
-    run: ``harness.train.RESUMABLE_CHANGES``, what ``run_training(resume=True)`` accepts."""
+    run: ``harness.config.RESUMABLE_CHANGES``, what ``run_training(resume=True)`` accepts."""
     from harness.config import RESUMABLE_CHANGES
 
     return tuple(RESUMABLE_CHANGES)
@@ -68,7 +69,7 @@ class PlannedRun:
     """
 
     name: str
-    config: Any  # a harness.train.TrainConfig (or whatever config_builder returns)
+    config: Any  # a harness.config.TrainConfig (or whatever config_builder returns)
     out_dir: Path
     status: str
     epochs_done: int
@@ -98,7 +99,7 @@ Runner = Callable[..., Any]
 
 
 def default_config_builder(settings: Mapping[str, Any]) -> Any:
-    """``harness.train.TrainConfig.from_dict`` (imported here: it pulls in torch)."""
+    """``harness.config.TrainConfig.from_dict`` (validating it pulls in torch)."""
     from harness.config import TrainConfig
 
     return TrainConfig.from_dict(dict(settings))
@@ -147,18 +148,7 @@ def _stored_settings(out_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict):
         return None
-    for key in ("train_config", "train", "config"):
-        if isinstance(data.get(key), dict) and "epochs" in data[key]:
-            return data[key]
-    return data
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(a)))
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
+    return {**ABSENT_MEANS, **settings_of(data)}  # an absent train_attack was "pgd"
 
 
 def _config_value(cfg: Any, key: str) -> Any:
@@ -177,7 +167,7 @@ def _conflicts(planned: Any, stored: Mapping[str, Any]) -> list[str]:
     free = set(_resumable_changes())
     return [f"{key}: on disk {shown(value)}, spec {shown(want[key])}"
             for key, value in stored.items()
-            if key in want and key not in free and not _same(want[key], value)]
+            if key in want and key not in free and not same_setting(want[key], value)]
 
 
 def _done_marker_covers(out_dir: Path, epochs_total: int) -> bool:

@@ -39,7 +39,7 @@ from typing import Any
 
 from curvtools.checks import is_int
 from curvtools.errors import shown
-from curvtools.runfiles import read_epochs
+from curvtools.runfiles import read_epochs, settings_of
 
 
 def _read_json(path: Path) -> Any:
@@ -50,12 +50,8 @@ def _read_json(path: Path) -> Any:
 
 
 def _total_epochs(config: Any) -> int | None:
-    if not isinstance(config, dict):
-        return None
-    for scope in (config, *(config.get(k) for k in ("train_config", "train", "config"))):
-        if isinstance(scope, dict) and isinstance(scope.get("epochs"), int):
-            return scope["epochs"]
-    return None
+    epochs = settings_of(config).get("epochs")
+    return epochs if is_int(epochs) else None
 
 
 @dataclass

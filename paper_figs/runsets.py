@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curvtools.runfiles import MANIFEST, settings_of
 from paper_figs.catalog import CATALOG
 from paper_figs.rundir import RunData, load_run
 
-MANIFEST = "spec.json"
 _SEED_SUFFIX = re.compile(r"^(?P<run>.+)-seed(?P<seed>\d+)$")
 
 
@@ -54,14 +54,6 @@ class SpecRuns:
     @property
     def overrides(self) -> dict[str, Any]:
         return dict((self.manifest or {}).get("overrides") or {})
-
-
-def settings_of(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's training settings from its config.json (``train_config`` or the top level)."""
-    for key in ("train_config", "train", "config"):
-        if isinstance(config.get(key), dict):
-            return config[key]
-    return config
 
 
 def _labels_from_config(run: RunData) -> dict[str, Any]:

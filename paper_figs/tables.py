@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curvtools.runfiles import same_setting
 from paper_figs import paper_numbers
 from paper_figs.actnames import act_label
 from paper_figs.rundir import RunData
@@ -176,14 +177,6 @@ _NOT_OVERRIDES = {"seed", "device", "data_dir", "download", "channels_last", "co
                   "compile_mode", "cuda_graphs", "eval_batch_size"}
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
-
-
 def overrides_of(group: RunGroup) -> dict[str, Any]:
     """Settings in which the group's runs differ from the scale's (the manifest's
     ``scale_settings``): ``{key: value on disk}``; {} without a manifest."""
@@ -193,16 +186,14 @@ def overrides_of(group: RunGroup) -> dict[str, Any]:
     for run in group.runs:
         actual = settings_of(run.config)
         for key, want in group.scale_settings.items():
-            if key in actual and key not in _NOT_OVERRIDES and not _same(actual[key], want):
+            if key in actual and key not in _NOT_OVERRIDES and not same_setting(actual[key], want):
                 out[key] = actual[key]
     return out
 
 
 def _dataset(config: dict[str, Any]) -> str | None:
-    for scope in (config.get("train_config"), config):
-        if isinstance(scope, dict) and isinstance(scope.get("dataset"), str):
-            return scope["dataset"]
-    return None
+    dataset = settings_of(config).get("dataset")
+    return dataset if isinstance(dataset, str) else None
 
 
 def _lines_for(ctx: Context, entry: str, spec_name: str, group: str, label_of, paper_of

@@ -89,6 +89,7 @@ def child(out_dir: Path, kill: str) -> None:
 
     torch.set_num_threads(1)
     import harness.train as train
+    from harness.config import TrainConfig
 
     what, _, nth = kill.partition(":")
     if what == "step":
@@ -109,7 +110,7 @@ def child(out_dir: Path, kill: str) -> None:
     train.load_run_data = load_and_announce
     resume = (out_dir / "last.pt").is_file()
     overwrite = not resume and out_dir.is_dir() and any(out_dir.iterdir())
-    train.run_training(train.TrainConfig.from_dict(RUN), out_dir, resume=resume,
+    train.run_training(TrainConfig.from_dict(RUN), out_dir, resume=resume,
                        overwrite=overwrite, progress=False)
 
 

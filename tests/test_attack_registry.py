@@ -70,14 +70,6 @@ def test_every_registered_attack_stays_in_the_threat_model_and_never_helps(probl
     assert robust <= clean
 
 
-def test_registry_names_match_the_cli_help():
-    from harness.cli_train import ATTACK_HELP
-
-    for name in names():
-        assert name in ATTACK_HELP
-    assert "torchattacks:NAME" in ATTACK_HELP
-
-
 def test_any_torchattacks_class_is_reachable_through_one_adapter(problem):
     net, x, y = problem
     threat = ThreatModel(eps=0.1, step=0.025, steps=3)

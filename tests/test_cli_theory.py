@@ -109,7 +109,8 @@ def test_committed_guide_equals_the_generated_text():
 
 def test_enclosure_is_called_certified_only_when_it_is(capsys):
     out = _ok(["curvature", "--act", "expr", "--expr", "x**3"], capsys)  # f'' = 6x: unbounded
-    assert "enclosure [6144, inf]" in out and "certified enclosure" not in out
+    assert "max f'' = sup inf (not attained, x -> inf)" in out  # its exact limit
+    assert "enclosure [inf, inf]" in out and "certified enclosure" not in out
     out = _ok(["curvature", "--act", "tanh"], capsys)
     assert out.count("certified enclosure") == 2
 
@@ -160,6 +161,14 @@ def test_an_exact_value_equal_to_its_float_is_printed_once(capsys):
     assert "max f'' = 2 (argmax 0)" in out and "2 = 2" not in out
     out = _ok(["curvature", "--act", "silu"], capsys)
     assert "max f'' = 0.5 = 1/2 (argmax 0)" in out
+
+
+@pytest.mark.parametrize("b", ["1", "4"])
+def test_an_infimum_at_infinity_prints_its_exact_limit_certified_for_every_parameter(b, capsys):
+    out = _ok(["curvature", "--act", "expr", "--expr", f"(x + sqrt(x**2 + {b}))/2"], capsys)
+    assert "min f'' = inf 0 (not attained, x -> " in out
+    assert "); certified enclosure [0, 0]" in out.split("min f''")[1].split("\n")[0]
+    assert "NOT certified" not in out and "e-09" not in out
 
 
 def test_softplus_infimum_is_not_attained_and_not_a_window_edge(tmp_path, capsys):

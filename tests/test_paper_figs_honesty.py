@@ -31,8 +31,8 @@ def test_paper_figs_imports_nothing_from_harness():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] == "harness" for n in names), path.name
-    # at run time too (paper_figs.__main__ uses curvtools.clirun, which loads the file-name
-    # constants harness.metrics_file: curvtools' import, not paper_figs')
+    # at run time too: no import chain (paper_figs -> curvtools.clirun, curvtools.runfiles,
+    # where the run directory's file names live) reaches harness
     code = ("import sys, paper_figs.entries, paper_figs.synthesis; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'harness'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,80 +1,61 @@
 """A user's own activation and architecture, from the command line, without editing the package.
 
-A tiny plugin package (written here into a temporary folder on PYTHONPATH) defines an
-``ActivationSpec`` and an ``ArchSpec``; ``harness train`` trains with them (typed on the command
-line: allowed), resumes, ``harness eval`` evaluates and ``curvtools hessian`` takes the spectra,
-each rebuilding the model from the run's config once ``LOWCURV_PLUGINS`` allows the plugin's
-module (a file alone never gets a module imported: the plugin logs every import, and the log
-stays empty); the entry-point route (``lowcurv.activations``) works by name; a checkpoint whose
-plugin is not installed gives one line and exit code 2; a module in the current folder is never
-imported implicitly.
+The plugin package of docs/api.md ("A plugin package"), built here from that page: its module
+and, from its ``pyproject.toml``, the entry points ``pip install -e`` would record (a dist-info
+folder on PYTHONPATH). ``harness train`` trains with its ``ActivationSpec`` and ``ArchSpec`` by
+``module:ATTRIBUTE`` (typed on the command line: allowed), resumes, ``harness eval`` evaluates and
+``curvtools hessian`` takes the spectra, each rebuilding the model from the run's config once
+``LOWCURV_PLUGINS`` allows the plugin's module (a file alone never gets a module imported: the
+test copy of the module logs every import, and the log stays empty); the page's own commands run
+by entry-point name; a checkpoint whose plugin is not installed gives one line and exit code 2; a
+module in the current folder is never imported implicitly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
-import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
-PLUGIN = textwrap.dedent('''
-    """A plugin for the lowcurv tests: squareplus and a tiny conv net."""
-    import os
-
-    import torch
-    from torch import nn
-
-    from curvtools.activations import ActivationSpec, ParamSpec
-    from harness.models import ArchSpec
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## A plugin package"
 
 
-    def _expr(x, b):
-        import sympy
-        return (x + sympy.sqrt(x**2 + sympy.nsimplify(b))) / 2
+def _doc_section() -> str:
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text[text.index(SECTION):]
+    following = section.find("\n## ", len(SECTION))
+    return section if following < 0 else section[:following]
 
 
-    class Squareplus(nn.Module):
-        def __init__(self, b):
-            super().__init__()
-            self.b = b
-
-        def forward(self, x):
-            return (x + torch.sqrt(x * x + self.b)) / 2
+def _fenced(language: str) -> str:
+    blocks = re.findall(rf"^```{language}\n(.*?)^```", _doc_section(), re.DOTALL | re.MULTILINE)
+    assert len(blocks) == 1, f"docs/api.md's plugin section needs one {language} block"
+    return blocks[0]
 
 
-    def _check(b):
-        return None if b > 0 else "must be > 0"
+PYPROJECT = tomllib.loads(_fenced("toml"))
+PLUGIN = _fenced("python")
+# test instrumentation appended to the page's module: every import of it is logged
+IMPORT_LOG = """
 
+import os as _os
 
-    SQUAREPLUS = ActivationSpec("squareplus", "(x + sqrt(x^2 + b)) / 2", _expr, Squareplus,
-                                (ParamSpec("b", 4.0, "smoothness, > 0", _check),))
-
-
-    def _tiny(num_classes, in_channels, width, make_act):
-        channels = max(1, round(8 * width))
-        return nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1),
-                             nn.BatchNorm2d(channels), make_act(), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten(), nn.Linear(channels, num_classes))
-
-
-    TINY = ArchSpec("tiny", "tiny (a test plugin)", _tiny)
-
-    if os.environ.get("LOWCURV_TEST_IMPORT_LOG"):  # the tests see every import of this module
-        with open(os.environ["LOWCURV_TEST_IMPORT_LOG"], "a") as log:
-            log.write(__name__ + "\\n")
-''')
-
-ENTRY_POINTS = textwrap.dedent("""
-    [lowcurv.activations]
-    squareplus = lowcurv_test_plugin:SQUAREPLUS
-
-    [lowcurv.architectures]
-    tiny = lowcurv_test_plugin:TINY
-""")
+if _os.environ.get("LOWCURV_TEST_IMPORT_LOG"):
+    with open(_os.environ["LOWCURV_TEST_IMPORT_LOG"], "a") as _log:
+        _log.write(__name__ + "\\n")
+"""
+MODULE = PYPROJECT["tool"]["setuptools"]["py-modules"][0]  # lowcurv_squareplus
+# the commands the page runs after `pip install -e`, in order
+DOC_COMMANDS = [shlex.split(line.strip()) for line in _doc_section().splitlines()
+                if line.startswith("    harness ") or line.startswith("    curvtools ")]
 
 TINY_TRAIN = ["--dataset", "digits", "--train-subset", "100", "--val-subset", "20",
               "--test-subset", "20", "--batch-size", "50", "--train-steps", "1", "--eval-steps",
@@ -82,15 +63,25 @@ TINY_TRAIN = ["--dataset", "digits", "--train-subset", "100", "--val-subset", "2
               "--device", "cpu", "--precision", "fp32", "--no-progress"]
 
 
+def _entry_points_txt(pyproject: dict) -> str:
+    """The dist-info ``entry_points.txt`` that installing the package writes."""
+    groups = pyproject["project"]["entry-points"]
+    return "".join(f"[{group}]\n" + "".join(f"{name} = {target}\n"
+                                            for name, target in names.items()) + "\n"
+                   for group, names in groups.items())
+
+
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory):
+    """A folder holding what ``pip install -e ./lowcurv-squareplus`` makes importable."""
     root = tmp_path_factory.mktemp("plugin")
-    (root / "lowcurv_test_plugin.py").write_text(PLUGIN)
-    info = root / "lowcurv_test_plugin-0.1.dist-info"
+    (root / f"{MODULE}.py").write_text(PLUGIN + IMPORT_LOG)
+    project = PYPROJECT["project"]
+    info = root / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lowcurv-test-plugin\n"
-                                   "Version: 0.1\n")
-    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
+                                   f"Version: {project['version']}\n")
+    (info / "entry_points.txt").write_text(_entry_points_txt(PYPROJECT))
     return root
 
 
@@ -114,14 +105,14 @@ def _run(args: list[str], plugin: Path | None, cwd: Path, allow: str | None = No
 
 def test_plugin_activation_and_arch_train_resume_eval_and_hessian(plugin_path, tmp_path):
     run = tmp_path / "run"
-    common = ["--act", "lowcurv_test_plugin:SQUAREPLUS", "--act-param", "b=2",
-              "--arch", "lowcurv_test_plugin:TINY", *TINY_TRAIN]
+    common = ["--act", f"{MODULE}:SQUAREPLUS", "--act-param", "b=2",
+              "--arch", f"{MODULE}:TINY", *TINY_TRAIN]
     done = _run(["harness", "train", *common, "--epochs", "1", "--out", str(run)], plugin_path,
                 tmp_path)
     assert done.returncode == 0, done.stderr
     config = json.loads((run / "config.json").read_text())
-    assert config["model_config"]["arch"] == "lowcurv_test_plugin:TINY"
-    assert config["model_config"]["act"] == {"name": "lowcurv_test_plugin:SQUAREPLUS",
+    assert config["model_config"]["arch"] == f"{MODULE}:TINY"
+    assert config["model_config"]["act"] == {"name": f"{MODULE}:SQUAREPLUS",
                                              "params": {"b": 2.0}}
     # the run's files name the plugin; without LOWCURV_PLUGINS its module is never imported
     log = tmp_path / "imports.log"
@@ -135,10 +126,10 @@ def test_plugin_activation_and_arch_train_resume_eval_and_hessian(plugin_path, t
         assert refused.returncode == 2, (command, refused.stderr)
         errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "Traceback" not in refused.stderr, refused.stderr
-        assert "LOWCURV_PLUGINS=lowcurv_test_plugin" in errors[0], refused.stderr
+        assert f"LOWCURV_PLUGINS={MODULE}" in errors[0], refused.stderr
         assert not log.exists(), command
     assert json.loads((run / "config.json").read_text())["train_config"]["epochs"] == 1
-    allow = "lowcurv_test_plugin"
+    allow = MODULE
     resumed = _run(resume, plugin_path, tmp_path, allow=allow)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from epoch 1" in resumed.stdout
@@ -147,7 +138,7 @@ def test_plugin_activation_and_arch_train_resume_eval_and_hessian(plugin_path, t
     assert "(epoch 2), 20 test images" in evaluated.stdout
     spectra = _run(hessian, plugin_path, tmp_path, allow=allow)
     assert spectra.returncode == 0, spectra.stderr
-    curvature = _run(["curvtools", "curvature", "--act", "lowcurv_test_plugin:SQUAREPLUS",
+    curvature = _run(["curvtools", "curvature", "--act", f"{MODULE}:SQUAREPLUS",
                       "--act-param", "b=4"], plugin_path, tmp_path)
     assert curvature.returncode == 0, curvature.stderr
     assert "max f''" in curvature.stdout
@@ -157,16 +148,22 @@ def test_plugin_activation_and_arch_train_resume_eval_and_hessian(plugin_path, t
                    tmp_path, allow=allow)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0, missing.stderr
-    assert "plugin module 'lowcurv_test_plugin' is not installed/importable" in missing.stderr
+    assert f"plugin module '{MODULE}' is not installed/importable" in missing.stderr
     assert "bad model config" not in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_entry_point_plugins_are_found_by_name(plugin_path, tmp_path):
-    done = _run(["harness", "train", "--act", "squareplus", "--arch", "tiny", *TINY_TRAIN,
-                 "--epochs", "1", "--out", str(tmp_path / "ep")], plugin_path, tmp_path)
-    assert done.returncode == 0, done.stderr
-    config = json.loads((tmp_path / "ep" / "config.json").read_text())
-    assert config["model_config"]["act"]["name"] == "squareplus"
+def test_the_docs_plugin_package_works_by_entry_point_name_as_written(plugin_path, tmp_path):
+    assert [c[:2] for c in DOC_COMMANDS] == [["curvtools", "curvature"], ["harness", "train"],
+                                            ["harness", "eval"], ["curvtools", "hessian"]]
+    for command in DOC_COMMANDS:
+        done = _run(command, plugin_path, tmp_path)
+        assert done.returncode == 0, (command, done.stderr)
+        if command[:2] == ["curvtools", "curvature"]:
+            assert "max f'' = 0.25 = 1/4 (argmax 0)" in done.stdout  # f'' = b/(2 (x^2+b)^1.5)
+            assert "min f'' = inf 0 (not attained" in done.stdout
+    config = json.loads((tmp_path / "runs" / "sp" / "config.json").read_text())
+    assert config["model_config"]["act"] == {"name": "squareplus", "params": {"b": 2.0}}
+    assert config["model_config"]["arch"] == "tiny"
 
 
 def test_a_plugin_reference_must_name_a_registry_entry_not_a_function(plugin_path, tmp_path):
@@ -181,19 +178,19 @@ def test_a_spec_naming_a_plugin_module_needs_lowcurv_plugins(plugin_path, tmp_pa
     spec = tmp_path / "plug.json"
     spec.write_text(json.dumps({
         "name": "plug", "defaults": {"dataset": "digits", "epochs": 1},
-        "runs": [{"name": "sq", "overrides": {"act": "lowcurv_test_plugin:SQUAREPLUS"}}]}))
+        "runs": [{"name": "sq", "overrides": {"act": f"{MODULE}:SQUAREPLUS"}}]}))
     log = tmp_path / "imports.log"
     dry = ["harness", "sweep", str(spec), "--dry-run", "--runs-dir", str(tmp_path / "runs")]
     refused = _run(dry, plugin_path, tmp_path, log=log)
-    assert refused.returncode == 2 and "LOWCURV_PLUGINS=lowcurv_test_plugin" in refused.stderr
+    assert refused.returncode == 2 and f"LOWCURV_PLUGINS={MODULE}" in refused.stderr
     assert not log.exists()
-    allowed = _run(dry, plugin_path, tmp_path, allow="lowcurv_test_plugin", log=log)
+    allowed = _run(dry, plugin_path, tmp_path, allow=MODULE, log=log)
     assert allowed.returncode == 0, allowed.stderr
-    assert "sq" in allowed.stdout and log.read_text().split() == ["lowcurv_test_plugin"]
+    assert "sq" in allowed.stdout and log.read_text().split() == [MODULE]
 
 
 def test_a_plugin_module_in_the_current_folder_is_never_imported_implicitly(tmp_path):
-    (tmp_path / "cwd_plugin.py").write_text(PLUGIN)
+    (tmp_path / "cwd_plugin.py").write_text(PLUGIN + IMPORT_LOG)
     log = tmp_path / "imports.log"
     curvature = ["curvtools", "curvature", "--act", "cwd_plugin:SQUAREPLUS"]
     here = _run(curvature, None, tmp_path, log=log)  # python -c puts '' (this folder) first

@@ -117,8 +117,11 @@ def test_interval_ends_beyond_the_double_range_round_outward_not_to_infinity():
     assert lo < 0 <= -hi  # float() would give lo = -0.0, above the true value
 
 
-@pytest.mark.parametrize("f2", ["2/x**3", "-1/x**2", "1/x**2"])
-@pytest.mark.parametrize("maximize", [True, False], ids=["max", "min"])
+# (f'', maximize): the extremum on the side of the pole (inf of 2/x**3 at 0+, ...)
+POLE_SIDES = [("2/x**3", True), ("2/x**3", False), ("-1/x**2", False), ("1/x**2", True)]
+
+
+@pytest.mark.parametrize("f2,maximize", POLE_SIDES)
 def test_pole_of_f2_is_never_certified_and_its_enclosure_is_never_inverted(f2, maximize):
     x = symbol_x()
     e = sp.sympify(f2, locals={"x": x})
@@ -127,6 +130,16 @@ def test_pole_of_f2_is_never_certified_and_its_enclosure_is_never_inverted(f2, m
     assert not ext.certified
     assert ext.lower <= ext.upper, (ext.lower, ext.upper)
     assert math.isfinite(ext.value)  # f'' at a real point: a float end, never an overflowed inf
+
+
+@pytest.mark.parametrize("f2,maximize", [("-1/x**2", True), ("1/x**2", False)])
+def test_the_bound_away_from_a_pole_is_its_exact_limit_at_infinity(f2, maximize):
+    x = symbol_x()  # sup of -1/x**2 is 0, approached as |x| -> inf: the pole is irrelevant
+    e = sp.sympify(f2, locals={"x": x})
+    ext = certified_extremum(x, [Piece(-math.inf, math.inf, e, sp.diff(e, x))],
+                             maximize=maximize)
+    assert ext.certified and ext.lower == ext.upper == ext.value == 0.0
+    assert ext.limit == 0 and math.isinf(ext.argbest) and ext.at_infinity
 
 
 def test_f2_unbounded_at_a_kink_reports_an_infinite_sup_uncertified():
@@ -178,10 +191,30 @@ def test_small_beta_pswish_minimum_is_beta_times_the_silu_minimum_far_outside_10
 
 @pytest.mark.parametrize("name,params", [("softplus", {"beta": 0.05}),
                                          ("expr", {"expr": "sqrt(x**2+1)"})])
-def test_infimum_approached_at_infinity_lies_inside_the_printed_enclosure(name, params):
+def test_infimum_approached_at_infinity_is_its_exact_limit_certified(name, params):
     c = curvature(resolve(name, **params))  # inf f'' = 0, approached as |x| -> inf
-    assert c.min_lower <= 0.0 <= c.min_upper and c.argmin_at_infinity
-    assert c.min_value > 0  # f'' at a real point: attained values are all positive
+    assert c.min_lower == c.min_upper == c.min_value == c.min_limit == 0.0
+    assert c.argmin_at_infinity and c.min_certified and c.min_exact == "0"
+
+
+@pytest.mark.parametrize("b", [1, 4, 100, 0.01])
+def test_a_user_activation_whose_f2_vanishes_at_both_infinities_gets_one_verdict_for_every_b(b):
+    # squareplus: f'' = b / (2 (x^2 + b)^(3/2)); at the window's edge 1.9e-9 for b = 4, above
+    # the tolerance: the report said "inf 1.86e-09" and NOT certified for b = 4, "inf 0" for 1
+    c = curvature(resolve("expr", expr=f"(x + sqrt(x**2 + {b}))/2"))
+    assert c.min_lower == c.min_upper == c.min_value == c.min_limit == 0.0
+    assert c.min_certified and c.max_certified and c.certified
+    assert c.argmin_at_infinity and not any("NOT certified" in n for n in c.notes)
+    assert c.max_value == pytest.approx(1 / (2 * math.sqrt(b)), rel=1e-9)
+
+
+def test_softplus_infimum_is_exactly_zero_not_a_denormal_in_the_table_and_computed():
+    from curvtools.certified_table import lookup
+    from curvtools.symbolic import compute_curvature
+
+    for c in (lookup(resolve("softplus")), compute_curvature(resolve("softplus", beta=3.0))):
+        assert c.min_lower == c.min_upper == c.min_value == 0.0 and c.min_certified
+        assert c.argmin == -math.inf
 
 
 def test_extremum_taken_on_a_whole_half_line_is_reported_attained_inside_it():

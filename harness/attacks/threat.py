@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from curvtools.checks import is_int, is_number
 from curvtools.errors import BadInput, shown
 
-NORMS = ("linf", "l2")
 BN_MODES = ("train", "eval", "keep")
 _NORM_ALIASES = {"linf": "linf", "l_inf": "linf", "inf": "linf", "l2": "l2", "l_2": "l2"}
 

@@ -45,13 +45,13 @@ from typing import Any
 from curvtools.checks import is_int
 from curvtools.errors import BadInput, shown
 from curvtools.fileio import write_json_atomic
+from curvtools.runfiles import MANIFEST  # RUNS_DIR/SCALE/SPEC/spec.json, read by paper_figs
 
 PAPER_SCALE = "paper"
 
 # Bundled specs write relative ``imagefolder:`` paths (the CIFAR-10 JPEG copy beside the
 # checkout); they are relative to the repository root, not to the caller's working directory.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFEST = "spec.json"  # RUNS_DIR/SCALE/SPEC/spec.json, written by the sweep, read by paper_figs
 MANIFEST_FORMAT = "lowcurv-sweep-manifest/1"
 # The settings that name a run in a figure or table (its paper-scale identity).
 LABEL_KEYS = ("dataset", "arch", "width", "act", "k", "beta", "alpha", "epochs")
