@@ -148,7 +148,6 @@ def run_all(quick: bool = False, json_path: Path | None = None, synthetic: bool 
         compare_selection_fold,
         compare_train_throughput,
     )
-
     from curvtools.cpu_allocator import keep_freed_memory
 
     size = SIZES["quick" if quick else "full"]

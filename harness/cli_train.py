@@ -25,9 +25,9 @@ from curvtools.clirun import check_output_path, quoted_path, require_expr
 from curvtools.errors import BadInput, check_seed, shown
 from curvtools.fileio import json_safe, write_json_atomic
 from curvtools.progress import advance, new_progress
-from harness.report import robust_above_clean_note
 from harness.datasets import REGISTRY as DATASETS
 from harness.models import arch_help as registered_archs
+from harness.report import robust_above_clean_note
 
 EXIT_DIVERGED = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
