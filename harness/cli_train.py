@@ -26,9 +26,10 @@ EXIT_DIVERGED = 3
 ATTACK_HELP = ("pgd (ours, the paper's), torchattacks-pgd, autoattack (linf or l2), fgsm, "
                "apgd-ce, apgd-dlr, fab, square, cw, or torchattacks:NAME[:key=value,...] for "
                "any torchattacks attack.")
-# harness eval's options that set a threat-model field (refused when the attack ignores them)
-THREAT_OPTIONS = {"steps": "steps", "restarts": "restarts", "eps_255": "eps",
-                  "alpha_255": "step", "norm": "norm"}
+# harness eval's options that set a threat-model field (refused when the attack ignores them):
+# the field of harness.eval_checkpoint.EvalThreat each sets
+THREAT_OPTIONS = {"steps": "steps", "restarts": "restarts", "eps_255": "eps_255",
+                  "alpha_255": "step_255", "norm": "norm"}
 
 
 def _write_json(path: Path | None, payload: Any) -> None:
@@ -67,15 +68,26 @@ def _explicit_options(ctx: typer.Context) -> set[str]:
 
 
 def _resume_settings(out: Path, given: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
-    """The run's stored settings, overridden by the options typed for this invocation."""
-    from harness.checkpoint import load_checkpoint
+    """The run's stored settings, overridden by the options typed for this invocation.
 
-    if not (out / "last.pt").is_file():
+    ``last.pt`` is checked to be this run's first (a foreign one's settings would otherwise be
+    taken for the run's). An activation typed without its parameters takes the run's
+    parameters when it is the run's activation, else none of them (another activation's
+    parameters would not fit it, hiding the real difference: the activation).
+    """
+    from harness.rundir import CLI, RunDir
+
+    run = RunDir(out, caller=CLI)
+    if not run.last.is_file():
         return given  # run_training explains what to do (start, or start over)
     from harness.config import upgrade_legacy
 
-    stored = upgrade_legacy(load_checkpoint(out / "last.pt").get("train_config") or {})
-    return stored | {k: v for k, v in given.items() if k in explicit}
+    ckpt, _, _ = run.load_last()
+    stored = upgrade_legacy(ckpt.get("train_config") or {})
+    settings = stored | {k: v for k, v in given.items() if k in explicit}
+    if "act" in explicit and "act_params" not in explicit and given["act"] != stored.get("act"):
+        settings["act_params"] = given["act_params"]
+    return settings
 
 
 @with_activation_options
@@ -174,6 +186,7 @@ def train_command(
     from harness.config import TrainConfig
     from harness.datasets import absolute_data_settings
     from harness.distributed import context_from_env
+    from harness.rundir import CLI
     from harness.train import TrainingDiverged, run_training
 
     typed = {*activation_parameters(), "act_param"}  # the activation's options
@@ -193,7 +206,7 @@ def train_command(
     cfg = TrainConfig.from_dict(settings)
     try:
         rows = run_training(cfg, out, resume=resume, overwrite=overwrite, progress=progress,
-                            log=None if progress else print)
+                            log=None if progress else print, caller=CLI)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(EXIT_DIVERGED) from None
@@ -247,16 +260,19 @@ def eval_command(
         print(choice.note, file=sys.stderr)
     ckpt = choice.paths[0]
     check_output_path("--json", json_path, inputs=[ckpt], run_dirs=[ckpt.parent])
-    from harness.evaluate import evaluate_checkpoint
+    from harness.eval_checkpoint import EvalThreat, evaluate_checkpoint
 
-    explicit = {THREAT_OPTIONS[o] for o in _explicit_options(ctx) if o in THREAT_OPTIONS}
+    # the threat options typed; the others are the run's or the reporting protocol's
+    values = {"norm": norm, "eps_255": eps_255, "alpha_255": alpha_255, "steps": steps,
+              "restarts": restarts}
+    threat = EvalThreat(**{THREAT_OPTIONS[o]: values[o] for o in _explicit_options(ctx)
+                           if o in THREAT_OPTIONS})
     bar = _EvalBar(progress, requested=n, split=split)
     with bar:
         result = evaluate_checkpoint(
-            ckpt, n=n, steps=steps, restarts=restarts, eps_255=eps_255, alpha_255=alpha_255,
-            norm=norm, attack=attack, device=device, batch_size=batch_size, seed=seed,
-            precision=precision, dataset=dataset, data_dir=data_dir, split=split,
-            explicit=explicit, on_start=bar.start, on_batch=bar.step)
+            choice.run_dir or ckpt, threat, attack=attack, n=n, split=split, device=device,
+            batch_size=batch_size, seed=seed, precision=precision, dataset=dataset,
+            data_dir=data_dir, on_start=bar.start, on_batch=bar.step)
     print(f"{ckpt} (epoch {result['epoch']}), {result['n']} {split} images: clean "
           f"{100 * result['clean_acc']:.2f}%, robust {100 * result['robust_acc']:.2f}% "
           f"[{bar.what}, {result['precision']}, {result['seconds']:.1f}s]")
