@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,30 @@ from curvtools.errors import BadInput
 
 CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)\.pt$")
 COPIES = ("last.pt", "best.pt")  # in order of preference when both hold a new epoch
+
+
+def epoch_file_name(epoch: int) -> str:
+    """``epoch_NNNN.pt``: the name of the checkpoint ``harness train`` keeps every
+    ``save_every`` epochs (what :data:`CHECKPOINT_NAME` matches)."""
+    return f"epoch_{epoch:04d}.pt"
+
+
+def path_problem(path: Path) -> str | None:
+    """None for an existing folder or regular file (or a link to one); else what is wrong,
+    e.g. ``"does not exist"`` or ``"is not a regular file (a FIFO)"``. Never opens the path
+    (reading a FIFO would block)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be read ({err.strerror or type(err).__name__})"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kinds = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    what = next((name for test, name in kinds if test(mode)), "a special file")
+    return f"is not a regular file ({what})"
 
 
 def epoch_in_name(path: Path) -> int | None:
@@ -89,8 +114,9 @@ def resolve_checkpoints(path: Path, option: str, *, series: bool,
     run directory holds no checkpoint this command can use.
     """
     path = Path(path)
-    if not path.exists():
-        raise BadInput(f"{option} {str(path)!r} does not exist")
+    problem = path_problem(path)
+    if problem is not None:
+        raise BadInput(f"{option} {str(path)!r} {problem}")
     if not path.is_dir():
         return CheckpointChoice([path])
     if not series:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import typer
 
-from curvtools.checkpoint_paths import checkpoints_in_run, resolve_checkpoints
-from curvtools.checks import require_positive_int, require_unit_open
+from curvtools.checkpoint_paths import checkpoints_in_run, path_problem, resolve_checkpoints
+from curvtools.checks import is_int, require_positive_int, require_unit_open
 from curvtools.clirun import PLOT_SUFFIXES, check_output_path
-from curvtools.errors import BadInput, check_seed
+from curvtools.errors import BadInput, check_seed, shown
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (auto: cuda if available, else cpu)."
 
@@ -27,7 +27,7 @@ def torch_dtype(option: str, name: str):
     from curvtools.hvp import DTYPES
 
     if name not in DTYPES:
-        raise BadInput(f"{option} {name!r} is not allowed: use float32 or float64")
+        raise BadInput(f"{option} {shown(name)} is not allowed: use float32 or float64")
     return DTYPES[name]
 
 
@@ -100,18 +100,17 @@ def hessian(
                         ("--check-every", check_every)):
         require_positive_int(name, value)
     if stop not in ("eigenvalue", "residual"):
-        raise BadInput(f"--stop {stop!r} is not allowed: use eigenvalue or residual")
+        raise BadInput(f"--stop {shown(stop)} is not allowed: use eigenvalue or residual")
     if hvp_mode not in ("rev-rev", "fwd-rev"):
-        raise BadInput(f"--hvp-mode {hvp_mode!r} is not allowed: use rev-rev or fwd-rev")
+        raise BadInput(f"--hvp-mode {shown(hvp_mode)} is not allowed: use rev-rev or fwd-rev")
     if function not in ("ce", "margin"):
-        raise BadInput(f"--function {function!r} is not allowed: use ce or margin")
+        raise BadInput(f"--function {shown(function)} is not allowed: use ce or margin")
     require_unit_open("--tol", tol)
     check_seed("--seed", seed)
-    if not ckpt.exists():
-        raise BadInput(f"--ckpt {str(ckpt)!r} does not exist")
+    problem = path_problem(ckpt)
+    if problem is not None:
+        raise BadInput(f"--ckpt {str(ckpt)!r} {problem}")
     every_file = checkpoints_in_run(ckpt) if ckpt.is_dir() else [ckpt]
-
-
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
     for option, path, suffixes in (("--json", json_path, None), ("--csv", csv_path, None),
                                    ("--plot", plot, PLOT_SUFFIXES)):
@@ -120,15 +119,22 @@ def hessian(
     dtype_ = torch_dtype("--dtype", dtype)
 
     from harness.checkpoint import load_checkpoint
+    from harness.eval_checkpoint import run_data_settings
+    from harness.rundir import RunDir
     from harness.runtime import resolve_device
 
     dev = resolve_device(device)
     # Every checkpoint is read once before any work (a damaged later one must not cost the
-    # results of the earlier ones); last.pt/best.pt are read for their epoch, to skip copies.
+    # results of the earlier ones), and in a run directory each must be of that run (a
+    # foreign best.pt is no epoch of it); last.pt/best.pt are read for their epoch, to skip
+    # copies.
+    payloads = {path: load_checkpoint(path) for path in every_file}
+    for payload in payloads.values():
+        run_data_settings(payload.get("train_config") or {})
+    if ckpt.is_dir():
+        RunDir(ckpt).check_series(payloads)
     choice = resolve_checkpoints(ckpt, "--ckpt", series=True,
-                                 epoch_of=lambda p: load_checkpoint(p).get("epoch"))
-    for path in choice.paths:
-        load_checkpoint(path)
+                                 epoch_of=lambda p: _epoch(payloads[p]))
     if choice.note:
         print(choice.note)
 
@@ -140,6 +146,12 @@ def hessian(
     rows = _run(choice.paths, n=n, seed=seed, data_dir=data_dir, batch=batch, dev=dev,
                 title=f"(function={function}, dtype={dtype})", options=options)
     _write_outputs(ckpt, choice, rows, settings, json_path, csv_path, plot)
+
+
+def _epoch(payload) -> int | None:
+    """A checkpoint's epoch when it is an integer (a hostile file may hold anything)."""
+    epoch = payload.get("epoch")
+    return epoch if is_int(epoch) else None
 
 
 def _run(paths: list[Path], *, n: int, seed: int, data_dir: str | None, batch: int, dev,
@@ -160,7 +172,7 @@ def _run(paths: list[Path], *, n: int, seed: int, data_dir: str | None, batch: i
                                   **options)
         summary = report.spectra_summary(spectra["lambda_max"], spectra["lambda_min"],
                                          spectra["converged"], spectra["iterations"])
-        rows.append({"checkpoint": path.name, "epoch": payload.get("epoch"),
+        rows.append({"checkpoint": path.name, "epoch": _epoch(payload),
                      "activation": activation_label(payload), "summary": summary,
                      "examples": report.spectra_records(indices, y.numpy(), spectra)})
         report.print_summary(f"{path} {title}", summary)

@@ -132,8 +132,6 @@ def lemma(
     check_seed("--seed", seed)
     choice = resolve_checkpoints(ckpt, "--ckpt", series=False)
     (path,) = choice.paths
-
-
     check_output_path("--json", json_path, inputs=[path], run_dirs=[path.parent])
     dtype_ = torch_dtype("--dtype", dtype)
 
@@ -141,12 +139,17 @@ def lemma(
     from curvtools.progress import advance, new_progress
     from curvtools.testset import load_test_images
     from harness.checkpoint import load_model
+    from harness.eval_checkpoint import run_data_settings
+    from harness.rundir import RunDir
     from harness.runtime import resolve_device
 
     dev = resolve_device(device)
     if choice.note:
         print(choice.note)
     model, payload = load_model(path, device=dev)
+    if choice.run_dir is not None:  # its last.pt must be of that run
+        RunDir(choice.run_dir).check_member(payload, path)
+    run_data_settings(payload.get("train_config") or {})
     x, y, indices = load_test_images(payload, n, seed, data_dir)
     parts: dict[str, list] = {}
     with new_progress(transient=True, stderr=True) as progress:

@@ -26,7 +26,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "make_attack": ("harness.attacks", "make_attack"),
     "attack_names": ("harness.attacks", "names"),
     "evaluate_robust": ("harness.evaluate", "evaluate_robust"),
-    "evaluate_checkpoint": ("harness.evaluate", "evaluate_checkpoint"),
+    "evaluate_checkpoint": ("harness.eval_checkpoint", "evaluate_checkpoint"),
     "build_model": ("harness.models", "build_model"),
     "model_config": ("harness.models", "model_config"),
     "load_model": ("harness.checkpoint", "load_model"),

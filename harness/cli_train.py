@@ -51,9 +51,10 @@ def arch_help() -> str:
             f"name a package declares in the lowcurv.architectures entry points.")
 
 
-# harness eval's options that set a threat-model field (refused when the attack ignores them)
-THREAT_OPTIONS = {"steps": "steps", "restarts": "restarts", "eps_255": "eps",
-                  "alpha_255": "step", "norm": "norm"}
+# harness eval's options that set a threat-model field (refused when the attack ignores them):
+# the field of harness.eval_checkpoint.EvalThreat each sets
+THREAT_OPTIONS = {"steps": "steps", "restarts": "restarts", "eps_255": "eps_255",
+                  "alpha_255": "step_255", "norm": "norm"}
 
 
 def _write_json(path: Path | None, payload: Any) -> None:
@@ -92,15 +93,26 @@ def _explicit_options(ctx: typer.Context) -> set[str]:
 
 
 def _resume_settings(out: Path, given: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
-    """The run's stored settings, overridden by the options typed for this invocation."""
-    from harness.checkpoint import load_checkpoint
+    """The run's stored settings, overridden by the options typed for this invocation.
 
-    if not (out / "last.pt").is_file():
+    ``last.pt`` is checked to be this run's first (a foreign one's settings would otherwise be
+    taken for the run's). An activation typed without its parameters takes the run's
+    parameters when it is the run's activation, else none of them (another activation's
+    parameters would not fit it, hiding the real difference: the activation).
+    """
+    from harness.rundir import CLI, RunDir
+
+    run = RunDir(out, caller=CLI)
+    if not run.last.is_file():
         return given  # run_training explains what to do (start, or start over)
     from harness.config import upgrade_legacy
 
-    stored = upgrade_legacy(load_checkpoint(out / "last.pt").get("train_config") or {})
-    return stored | {k: v for k, v in given.items() if k in explicit}
+    ckpt, _, _ = run.load_last()
+    stored = upgrade_legacy(ckpt.get("train_config") or {})
+    settings = stored | {k: v for k, v in given.items() if k in explicit}
+    if "act" in explicit and "act_params" not in explicit and given["act"] != stored.get("act"):
+        settings["act_params"] = given["act_params"]
+    return settings
 
 
 @with_activation_options
@@ -206,6 +218,7 @@ def train_command(
     from harness.config import TrainConfig
     from harness.datasets import absolute_data_settings
     from harness.distributed import context_from_env
+    from harness.rundir import CLI
     from harness.train import TrainingDiverged, run_training
 
     typed = {*activation_parameters(), "act_param"}  # the activation's options
@@ -225,7 +238,7 @@ def train_command(
     cfg = TrainConfig.from_dict(settings)
     try:
         rows = run_training(cfg, out, resume=resume, overwrite=overwrite, progress=progress,
-                            log=None if progress else print)
+                            log=None if progress else print, caller=CLI)
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(EXIT_DIVERGED) from None
@@ -287,17 +300,20 @@ def eval_command(
         print(choice.note, file=sys.stderr)
     ckpt = choice.paths[0]
     check_output_path("--json", json_path, inputs=[ckpt], run_dirs=[ckpt.parent])
-    from harness.evaluate import evaluate_checkpoint
+    from harness.eval_checkpoint import EvalThreat, evaluate_checkpoint
 
-    explicit = {THREAT_OPTIONS[o] for o in _explicit_options(ctx) if o in THREAT_OPTIONS}
+    # the threat options typed; the others are the run's or the reporting protocol's
+    values = {"norm": norm, "eps_255": eps_255, "alpha_255": alpha_255, "steps": steps,
+              "restarts": restarts}
+    threat = EvalThreat(**{THREAT_OPTIONS[o]: values[o] for o in _explicit_options(ctx)
+                           if o in THREAT_OPTIONS})
     bar = _EvalBar(progress, requested=n, split=split)
     try:
         with bar:
             result = evaluate_checkpoint(
-                ckpt, n=n, steps=steps, restarts=restarts, eps_255=eps_255, alpha_255=alpha_255,
-                norm=norm, attack=attack, device=device, batch_size=batch_size, seed=seed,
-                precision=precision, dataset=dataset, data_dir=data_dir, split=split,
-                explicit=explicit, on_start=bar.start, on_batch=bar.step)
+                choice.run_dir or ckpt, threat, attack=attack, n=n, split=split, device=device,
+                batch_size=batch_size, seed=seed, precision=precision, dataset=dataset,
+                data_dir=data_dir, on_start=bar.start, on_batch=bar.step)
     except KeyboardInterrupt:
         print(bar.interrupted(json_path), file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from None

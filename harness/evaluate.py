@@ -1,48 +1,32 @@
-"""Clean and adversarial evaluation: per-epoch curves during training and ``harness eval``.
+"""The evaluation kernel: clean and adversarial loss and accuracy of a model over batches.
 
 :func:`evaluate_robust` runs a model (eval mode) over a set of batches and returns mean
-cross-entropy and accuracy, clean and under attack; sums stay on the device until the end.
-:func:`evaluate_checkpoint` is ``harness eval``: it rebuilds the model from a checkpoint alone
-and attacks its test set with any attack of the registry (:mod:`harness.attacks`; default our
-PGD-20 with 5 restarts, the paper's reporting protocol).
+cross-entropy and accuracy, clean and under attack; sums stay on the device until the end, and
+the first batch is checked for gradient masking (:func:`zero_input_gradients`,
+:class:`GradientMaskingWarning`). :func:`evaluate_sharded` splits it over data-parallel ranks.
+Training's per-epoch curves and ``harness eval`` (:mod:`harness.eval_checkpoint`) both call it.
 
 Example::
 
-    >>> result = evaluate_checkpoint("runs/relu-cifar10/best.pt", n=1000)
+    >>> attack = make_attack("pgd", ThreatModel.from_255(eps_255=8, step_255=2, steps=20))
+    >>> result = evaluate_robust(model, [(x, y)], attack)
     >>> result["clean_acc"], result["robust_acc"]
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
-import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvtools.checks import is_int, is_number
-from curvtools.errors import SEED_LIMIT, BadInput, check_seed
-from harness.attacks import (
-    Attack,
-    ThreatModel,
-    attack_loss,
-    autocast,
-    make_attack,
-    normalize_norm_name,
-    reporting_restarts,
-    uses_batch_statistics,
-)
+from curvtools.errors import BadInput
+from harness.attacks import Attack, attack_loss, autocast, uses_batch_statistics
 from harness.distributed import DistContext, all_reduce_sum, broadcast_buffers
-
-# Where ``harness eval`` takes its images: the test set, or a run's own training/validation images.
-EVAL_SPLITS = ("test", "train", "val")
 
 # More than this share of examples with an exactly zero input gradient means a gradient attack
 # cannot move them (sign(0) = 0): robust accuracy is then an overestimate (gradient masking).
@@ -218,193 +202,3 @@ def evaluate_sharded(model: nn.Module, batches: Any, ctx: DistContext, attack: A
     sums = all_reduce_sum(sums, ctx).tolist()
     n = sums[-1]
     return {**{k: s / n for k, s in zip(keys, sums[:-1], strict=True)}, "n": int(round(n))}
-
-
-def evaluate_checkpoint(ckpt: str | Path, *, n: int | None = None, steps: int = 20,
-                        restarts: int | None = None, eps_255: float | None = None,
-                        alpha_255: float | None = None, norm: str | None = None,
-                        attack: str = "pgd", device: str = "auto",
-                        batch_size: int = 256, seed: int = 0, precision: str = "fp32",
-                        dataset: str | None = None, data_dir: str | None = None,
-                        split: str = "test", explicit: Iterable[str] = (),
-                        on_batch: Callable[[], None] | None = None,
-                        on_start: Callable[[int, Attack, int], None] | None = None
-                        ) -> dict[str, Any]:
-    """``harness eval``: clean and robust accuracy of a checkpoint on its test set (or, with
-    ``split="train"``/``"val"``, on the training/validation images its run used).
-
-    The model comes from the checkpoint alone; the data from its ``train_config`` (``dataset``,
-    ``data_dir`` override it), and so do the threat model's ``norm``, ``eps_255`` and
-    ``alpha_255`` when not given (else l_inf, 8 and 2, the paper's). ``split``: ``"test"``, or
-    ``"train"``/``"val"``: the run's own training/validation images (its split and subsets,
-    :func:`harness.run_data.split_indices`; unaugmented), for a like-for-like gap between the
-    images a model was trained on and unseen ones. ``n`` images of the split (a class-balanced
-    subset drawn with the run's split seed; all when None). ``restarts``: None
-    is the attack's reporting default (5 for ``pgd``, the paper's PGD-20 x 5; 1 for the
-    others). ``attack``: a name of the registry (:func:`harness.attacks.make_attack`);
-    ``explicit``: the threat-model fields
-    the user set (``steps``, ``restarts``, ``eps``, ``step``, ``norm``), refused when the
-    attack does not use them. ``on_start(num_batches, attack, num_images)`` is called before the
-    work starts and ``on_batch()`` after each batch (a progress bar). Returns a JSON-able dict
-    with the settings and ``clean_acc``, ``robust_acc``, losses.
-    """
-    from harness.checkpoint import load_model
-    from harness.data import DeviceBatches, stratified_subset
-    from harness.datasets import open_source
-    from harness.run_data import indices_hash
-    from harness.runtime import autocast_dtype_for, precision_name, resolve_device
-
-    if split not in EVAL_SPLITS:
-        raise BadInput(f"--split {split!r}; allowed: {', '.join(EVAL_SPLITS)}")
-    if restarts is None:
-        restarts = reporting_restarts(attack)
-    _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision, seed)
-    dev = resolve_device(device)
-    model, payload = load_model(ckpt, device=dev)
-    train_config = payload.get("train_config") or {}
-    norm = normalize_norm_name(norm or train_config.get("norm", "linf"))
-    eps_255 = _run_number(eps_255, train_config, "eps_255", 8.0)
-    alpha_255 = _run_number(alpha_255, train_config, "alpha_255", 2.0)
-    _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision)
-    threat = ThreatModel.from_255(eps_255=eps_255, step_255=alpha_255, norm=norm, steps=steps,
-                                  restarts=restarts, bn_mode="eval")
-    run = _run_data_settings(train_config)
-    spec = dataset or run["dataset"]
-    if not spec:
-        raise BadInput("the checkpoint names no dataset; pass --dataset")
-    source = open_source(spec, data_dir or run["data_dir"], run["download"])
-    check_source_fits(source, spec, payload, run["dataset"])
-    chosen = make_attack(attack, threat, num_classes=source.num_classes, seed=seed,
-                         explicit=explicit)
-    part = "test" if split == "test" else "train"  # the source's part the images come from
-    labels = source.labels(part)
-    if split == "test":
-        idx = torch.arange(len(labels)).numpy()
-    else:
-        from harness.run_data import split_indices
-
-        idx = split_indices(source.labels("train"), source.labels("test"),
-                            val_fraction=run["val_fraction"], split_seed=run["split_seed"],
-                            train_subset=run["train_subset"],
-                            val_subset=run["val_subset"])[split]
-    if n is not None and n < len(idx):
-        idx = stratified_subset(labels, idx, n, run["split_seed"])
-    batches = DeviceBatches(source.images(part, idx), labels[idx], dev, batch_size=batch_size)
-    if on_start is not None:
-        on_start(len(batches.images) // batch_size + bool(len(batches.images) % batch_size),
-                 chosen, len(idx))
-    amp = autocast_dtype_for(precision, dev)
-    generator = torch.Generator(device=dev).manual_seed(seed)
-    started = time.perf_counter()
-    result = evaluate_robust(model, batches, chosen, generator=generator, autocast_dtype=amp,
-                             on_batch=on_batch,
-                             graph_cache={} if dev.type == "cuda" else None)
-    uses = chosen.honours
-    return {"checkpoint": str(ckpt), "epoch": payload.get("epoch"), "dataset": spec,
-            "split": split, "indices_sha256": indices_hash(idx), "attack": attack, "norm": norm,
-            "eps_255": eps_255,
-            "alpha_255": alpha_255 if "step" in uses else None,
-            "steps": steps if "steps" in uses else None,
-            "restarts": restarts if "restarts" in uses else 1, "seed": seed,
-            "precision": precision_name(amp), "device": str(dev),
-            "seconds": round(time.perf_counter() - started, 3), **result}
-
-
-def _run_data_settings(train_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The data settings ``harness eval`` reads from a checkpoint's ``train_config``, checked
-    (a hand-edited or foreign checkpoint may hold anything)."""
-    out = {"dataset": train_config.get("dataset"),
-           "data_dir": train_config.get("data_dir") or "data",
-           "download": train_config.get("download", True),
-           "split_seed": train_config.get("split_seed", 0),
-           "val_fraction": train_config.get("val_fraction", 0.1),
-           **{k: train_config.get(k) for k in ("train_subset", "val_subset")}}
-    seed = out["split_seed"]
-
-    def subset_ok(v: Any) -> bool:
-        return v is None or (is_int(v) and v >= 1)
-
-    problems = {
-        "val_fraction": (is_number(out["val_fraction"]) and 0 < out["val_fraction"] < 1,
-                         "a number in (0, 1)"),
-        "train_subset": (subset_ok(out["train_subset"]), "a positive integer or null"),
-        "val_subset": (subset_ok(out["val_subset"]), "a positive integer or null"),
-        "dataset": (out["dataset"] is None or isinstance(out["dataset"], str), "a dataset name"),
-        "data_dir": (isinstance(out["data_dir"], str), "a folder path"),
-        "download": (isinstance(out["download"], bool), "true or false"),
-        "split_seed": (is_int(seed) and 0 <= seed < SEED_LIMIT, "an integer in [0, 2**63)")}
-    for key, (ok, allowed) in problems.items():
-        if not ok:
-            raise BadInput(f"the checkpoint's train_config has {key}={out[key]!r}; "
-                           f"allowed: {allowed}")
-    return out
-
-
-def check_source_fits(source: Any, spec: str, payload: Mapping[str, Any],
-                      trained_on: str | None) -> None:
-    """Raise BadInput when the images of ``source`` (dataset ``spec``) are not what the
-    checkpoint's model was trained on: channels, classes or image size differ.
-
-    Channels and classes come from the model config; the image size from the checkpoint's
-    ``image_size`` (recorded since this check exists), else from the training dataset's name
-    (``trained_on``). A mismatch would otherwise give a traceback (channels, too few classes)
-    or, worse, a meaningless accuracy (a 32px model on 16px images).
-    """
-    from harness.datasets import known_image_size, open_source
-
-    config = payload["config"]
-    want = {"channels": int(config.get("in_channels", 3)),
-            "classes": int(config.get("num_classes", 10)),
-            "image size": payload.get("image_size")}
-    if not is_int(want["image size"]):
-        want["image size"] = None  # not recorded (or garbled): from the dataset name below
-    if want["image size"] is None and isinstance(trained_on, str):
-        key = trained_on.strip().lower()
-        if known_image_size(trained_on) is not None:
-            want["image size"] = known_image_size(trained_on)
-        elif key != spec.strip().lower():  # another image folder: its first image tells
-            with contextlib.suppress(BadInput, OSError):
-                want["image size"] = open_source(trained_on).image_size
-    have = {"channels": source.in_channels, "classes": source.num_classes,
-            "image size": source.image_size}
-    bad = [k for k in have if want[k] is not None and have[k] != want[k]]
-    if bad:
-        def describe(values):
-            words = {"channels": "{} channels", "classes": "{} classes",
-                     "image size": "{0}x{0} images"}
-            return ", ".join(words[k].format(values[k]) for k in bad)
-
-        origin = f" (trained on {trained_on})" if trained_on else ""
-        raise BadInput(f"dataset {spec!r} has {describe(have)}; the checkpoint's model takes "
-                       f"{describe(want)}{origin}")
-
-
-def _run_number(given: float | None, train_config: dict, key: str, default: float) -> float:
-    """``given``, else the run's setting (from the checkpoint), else ``default``."""
-    if given is not None:
-        return given
-    value = train_config.get(key, default)
-    if not is_number(value):
-        option = "--" + key.replace("_", "-")
-        raise BadInput(f"the checkpoint's {key}={value!r} is not a number; pass {option}")
-    return float(value)
-
-
-def _check_eval_numbers(n, steps, restarts, eps_255, alpha_255, batch_size, precision,
-                        seed=0) -> None:
-    """Raise BadInput for the first bad number (``eps_255``, ``alpha_255``: None is the run's)."""
-    if n is not None and n < 1:
-        raise BadInput(f"--n {n} must be >= 1")
-    if steps < 1:
-        raise BadInput(f"--steps {steps} must be >= 1")
-    if restarts < 1:
-        raise BadInput(f"--restarts {restarts} must be >= 1")
-    if eps_255 is not None and not 0 <= eps_255 < math.inf:
-        raise BadInput(f"--eps-255 {eps_255} must be a finite number >= 0")
-    if alpha_255 is not None and not 0 < alpha_255 < math.inf:
-        raise BadInput(f"--alpha-255 {alpha_255} must be a finite number > 0")
-    if batch_size < 1:
-        raise BadInput(f"--batch-size {batch_size} must be >= 1")
-    check_seed("--seed", seed)
-    if precision not in ("fp32", "bf16", "fp16", "auto"):
-        raise BadInput(f"--precision {precision!r}; allowed: fp32, bf16, fp16, auto")

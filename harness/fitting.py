@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
 from harness.config import TrainConfig
 from harness.distributed import DistContext
 from harness.run_data import RunData, check_batch_size, device_batches
-from harness.rundir import USER_MODULE_ARCH
+from harness.rundir import FIT, USER_MODULE_ARCH
 from harness.train import RunInputs, train_with
 
 # Settings that choose the data and the model of a registry run; fit takes both from its
@@ -119,7 +119,7 @@ def fit(model: nn.Module, *, train: tuple[Any, Any], val: tuple[Any, Any],
                        record={"fit": {"model_class": class_name,
                                        "unused_settings": list(FIT_UNUSED_SETTINGS)}})
     return train_with(inputs, cfg, out_dir, resume=resume, overwrite=overwrite,
-                      progress=progress, log=log)
+                      progress=progress, log=log, caller=FIT)
 
 
 def check_fit_config(cfg: TrainConfig) -> None:
@@ -132,7 +132,7 @@ def check_fit_config(cfg: TrainConfig) -> None:
         value, default = getattr(cfg, key), getattr(defaults, key)
         if value != default:
             raise BadInput(f"fit() takes its data and model from its arguments, so it does not "
-                           f"use cfg.{key}={value!r}; leave it at its default {default!r}")
+                           f"use cfg.{key}={shown(value)}; leave it at its default {default!r}")
 
 
 def _part(name: str, value: Any) -> tuple[torch.Tensor, torch.Tensor]:

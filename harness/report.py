@@ -61,26 +61,29 @@ class Reporter:
     def epoch_line(self, row: dict) -> None:
         self.line(format_epoch_line(row, self.epochs))
 
-    def start_line(self, out_dir: Any, resolved: Mapping[str, Any], resumed: bool) -> None:
+    def start_line(self, out_dir: Any, resolved: Mapping[str, Any], resumed: bool,
+                   more_epochs: str = "pass --epochs N with N > {epochs}") -> None:
         """What will run, before the first epoch: where, which epochs, device and precision
-        (training's ``auto`` precision differs from ``harness eval``'s fp32: say it here)."""
+        (training's ``auto`` precision differs from ``harness eval``'s fp32: say it here).
+        ``more_epochs``: how the caller asks for more epochs."""
         where = f"{resolved.get('device_name', resolved.get('device'))}, {resolved['precision']}"
         if resumed and self.epoch >= self.epochs:
             self.line(f"{out_dir}: the run has trained all {_epochs(self.epochs)} already; "
-                      f"nothing to do (pass --epochs N with N > {self.epochs} to train further)")
+                      f"nothing to do ({more_epochs.format(epochs=self.epochs)} to train further)")
             return
         verb = f"resuming from epoch {self.epoch}" if resumed else "training"
         self.line(f"{out_dir}: {verb}, epochs {self.epoch + 1}-{self.epochs} of {self.epochs} "
                   f"({where})")
 
-    def interrupted(self, out_dir: Any) -> None:
-        """Ctrl-C: take the bars off the screen and say how to continue."""
+    def interrupted(self, out_dir: Any, again: str | None = None) -> None:
+        """Ctrl-C: take the bars off the screen and say how to continue (``again``: the
+        caller's way, default the command line's)."""
         if self.progress is not None:
             for task in self.progress.task_ids:
                 self.progress.update(task, visible=False)
         saved = (f"last.pt holds epoch {self.epoch}" if self.epoch else "no epoch was saved")
-        self.line(f"interrupted in epoch {self.epoch + 1}; {saved}: continue with "
-                  f"harness train --out {out_dir} --resume")
+        again = again or f"harness train --out {out_dir} --resume"
+        self.line(f"interrupted in epoch {self.epoch + 1}; {saved}: continue with {again}")
 
 
 def _epochs(n: int) -> str:

@@ -1,9 +1,10 @@
 """Checkpoint payloads of a training run, and resuming from one exactly.
 
 :func:`checkpoint_payload` is what ``last.pt``/``best.pt``/``epoch_NNNN.pt`` hold;
-:func:`check_resume_payload` and :func:`check_resume_config` refuse a damaged or foreign
-``last.pt`` (or changed settings) before anything in the run directory changes;
-:func:`restore_engine` loads model, optimizer, loss scaler and RNG states.
+:func:`check_resume` refuses a damaged or foreign ``last.pt`` (another run's, by
+:mod:`harness.run_identity`) or changed settings before anything in the run directory changes
+and returns what resuming needs (:class:`Resumed`); :func:`restore_engine` loads model,
+optimizer, loss scaler and RNG states.
 """
 
 from __future__ import annotations
@@ -11,16 +12,60 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from curvtools.checks import is_int, is_number
-from curvtools.errors import BadInput
+from curvtools.errors import BadInput, shown
+from harness.checkpoint import is_user_module_config, shown_name
 from harness.config import RESUMABLE_CHANGES, TrainConfig, stored_settings
+from harness.rundir import API, Caller, RunDir
 from harness.runtime import precision_name
 from harness.step import Engine
+
+
+@dataclass
+class Resumed:
+    """A checked ``last.pt`` and what continuing from it needs."""
+
+    ckpt: dict[str, Any]
+    path: Path
+    start_epoch: int  # epochs done
+    best: float  # best validation robust accuracy so far
+    rows: list[dict]  # metrics.jsonl as read
+    run_id: str | None  # the run's id (None: written before ids; one is drawn now)
+
+    def rows_kept(self) -> list[dict]:
+        """``metrics.jsonl``'s rows up to the checkpoint's epoch (rows past it, of an epoch
+        whose checkpoint a crash prevented, are recomputed); its own row restored from the
+        checkpoint when the file lost it."""
+        rows = [r for r in self.rows if is_int(r.get("epoch")) and r["epoch"] <= self.start_epoch]
+        if self.start_epoch and not any(r["epoch"] == self.start_epoch for r in rows):
+            rows.append(dict(self.ckpt["metrics"]))
+        return rows
+
+    def precision_changes(self, precision: str) -> tuple[list[dict], str | None]:
+        """``(history, precision before)``: "auto" precision follows the hardware, which may
+        differ on resume; the history gets an entry when it does (else ``before`` is None)."""
+        before = self.ckpt.get("precision")
+        changes = self.ckpt.get("precision_changes", [])
+        changes = list(changes) if isinstance(changes, list) else []
+        if before in (None, precision) or not isinstance(before, str):
+            return changes, None
+        return changes + [{"epoch": self.start_epoch, "from": before, "to": precision}], before
+
+
+def check_resume(run: RunDir, cfg: TrainConfig, user_module: bool) -> Resumed:
+    """Every check of ``last.pt`` that needs no data or model: it is this run's (identity), its
+    entries are usable, the settings may change as ``cfg`` asks. BadInput otherwise."""
+    ckpt, rows, run_id = run.load_last()
+    start_epoch, best = check_resume_payload(ckpt, run.last, rows)
+    check_resume_config(cfg, ckpt.get("train_config") or {}, start_epoch, run.caller)
+    check_resume_model(ckpt.get("config"), run.last, user_module)
+    return Resumed(ckpt, run.last, start_epoch, best, rows, run_id)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -40,7 +85,7 @@ def restore_rng(state: Mapping[str, Any], device: torch.device) -> None:
 
 
 def check_resume_payload(ckpt: Mapping[str, Any], path: Path,
-                          rows: list[dict]) -> tuple[int, float]:
+                         rows: list[dict]) -> tuple[int, float]:
     """``(epochs done, best validation robust accuracy)`` of a ``last.pt`` to resume from.
 
     Raises :class:`BadInput` naming the first entry that resuming could not use: a damaged or
@@ -51,24 +96,25 @@ def check_resume_payload(ckpt: Mapping[str, Any], path: Path,
     where = f"checkpoint {str(path)!r}"
     epoch = ckpt.get("epoch")
     if not is_int(epoch) or epoch < 0:
-        raise BadInput(f"{where} has epoch={epoch!r}; allowed: an integer >= 0")
+        raise BadInput(f"{where} has epoch={shown(epoch)}; allowed: an integer >= 0")
     recorded = max((r["epoch"] for r in rows if is_int(r.get("epoch"))), default=0)
     if epoch > recorded + 1:
         raise BadInput(f"{where} has epoch={epoch}, but metrics.jsonl records epochs up to "
-                       f"{recorded}; allowed: epoch <= {recorded + 1} (start over with "
-                       f"--overwrite)")
+                       f"{recorded}; allowed: epoch <= {recorded + 1}")
     if epoch > recorded and not isinstance(ckpt.get("metrics"), Mapping):
-        raise BadInput(f"{where} has metrics={ckpt.get('metrics')!r}; allowed: the metrics row "
-                       f"of epoch {epoch} (metrics.jsonl lacks it)")
+        raise BadInput(f"{where} has metrics={shown(ckpt.get('metrics'))}; allowed: the "
+                       f"metrics row of epoch {epoch} (metrics.jsonl lacks it)")
     best = ckpt.get("best_val_robust_acc", -1.0)
     if not is_number(best):
-        raise BadInput(f"{where} has best_val_robust_acc={best!r}; allowed: a finite number")
+        raise BadInput(f"{where} has best_val_robust_acc={shown(best)}; allowed: a finite "
+                       f"number")
     if "optimizer" not in ckpt:
         raise BadInput(f"{where} lacks the 'optimizer' entry (the SGD momentum to resume with)")
-    for key in ("rng", "grad_scaler"):
-        if key in ckpt and not isinstance(ckpt[key], Mapping):
+    for key in ("rng", "grad_scaler", "precision_changes"):
+        kind = list if key == "precision_changes" else Mapping
+        if key in ckpt and not isinstance(ckpt[key], kind):
             raise BadInput(f"{where} has a {key!r} entry of type {type(ckpt[key]).__name__}; "
-                           f"allowed: a mapping")
+                           f"allowed: a {'list' if kind is list else 'mapping'}")
     check_rng_state(ckpt.get("rng", {}), where)
     return int(epoch), float(best)
 
@@ -88,6 +134,27 @@ def check_rng_state(state: Mapping[str, Any], where: str) -> None:
                                  and all(isinstance(t, torch.Tensor) for t in cuda)):
         raise BadInput(f"{where} has rng.torch_cuda of type {type(cuda).__name__}; allowed: a "
                        f"list of torch.cuda.get_rng_state() tensors")
+
+
+def check_resume_model(stored: Any, path: Path, user_module: bool,
+                       current: Mapping[str, Any] | None = None) -> None:
+    """Resume a ``harness.fit`` run (``user_module``) only with ``harness.fit`` and a module of
+    the class it recorded (checked when ``current``, the new model config, is given); a
+    registry run only with ``run_training``. BadInput (one line) otherwise."""
+    where = f"checkpoint {str(path)!r}"
+    if is_user_module_config(stored) and not user_module:
+        raise BadInput(f"{where} holds a model passed to harness.fit() (class "
+                       f"{shown_name(stored.get('class', '?'))}); resume it with harness.fit(..., "
+                       f"resume=True) and that module")
+    if user_module and not is_user_module_config(stored):
+        arch = stored.get("arch", "?") if isinstance(stored, Mapping) else "?"
+        raise BadInput(f"{where} holds a registry model (arch {shown(arch)}), not one passed "
+                       f"to harness.fit(); resume it with harness train --resume or "
+                       f"harness.run_training(..., resume=True)")
+    if user_module and current is not None and stored.get("class") != current.get("class"):
+        raise BadInput(f"{where} holds a model of class "
+                       f"{shown_name(stored.get('class', '?'))}; the module passed is a "
+                       f"{current.get('class')}")
 
 
 def restore_engine(engine: Engine, ckpt: Mapping[str, Any], path: Path) -> None:
@@ -118,37 +185,79 @@ def restore_engine(engine: Engine, ckpt: Mapping[str, Any], path: Path) -> None:
     restore_rng(ckpt.get("rng", {}), engine.device)
 
 
-def check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any], epochs_done: int) -> None:
+def check_resume_config(cfg: TrainConfig, stored: Mapping[str, Any], epochs_done: int,
+                        caller: Caller = API) -> None:
+    """Refuse (BadInput) settings ``cfg`` that resuming the run whose ``last.pt`` holds
+    ``stored`` (its train_config) after ``epochs_done`` epochs cannot honour: a change outside
+    :data:`RESUMABLE_CHANGES`, fewer epochs than trained, or new epochs that move an auto
+    learning-rate milestone already passed."""
+    how = caller.resume
     if cfg.epochs < epochs_done:
-        raise BadInput(f"--resume: epochs={cfg.epochs} is fewer than the {epochs_done} epochs "
+        raise BadInput(f"{how}: epochs={cfg.epochs} is fewer than the {epochs_done} epochs "
                        f"the run has trained; allowed: epochs >= {epochs_done}")
-    current = cfg.to_dict()
-    for key, value in stored_settings(stored).items():  # an absent train_attack was "pgd"
-        if key in RESUMABLE_CHANGES or key not in current:
-            continue
-        if current[key] != value:
-            raise BadInput(f"--resume: setting {key}={current[key]!r} differs from the run's "
-                           f"{value!r}; only {', '.join(RESUMABLE_CHANGES)} may change")
-    # "auto" milestones follow the epochs: a new epoch count must not move a milestone that
-    # the epochs already trained have passed (their learning rates would not be those recorded)
+    try:
+        stored = stored_settings(stored)  # legacy keys upgraded; an absent train_attack was "pgd"
+    except (BadInput, TypeError, ValueError) as err:
+        raise BadInput(f"{how}: the run's train_config: {shown(str(err), 200)}") from None
     stored_epochs = stored.get("epochs", cfg.epochs)
     if not is_int(stored_epochs) or stored_epochs < 1:
-        raise BadInput(f"--resume: the run's train_config has epochs={stored_epochs!r}; "
+        raise BadInput(f"{how}: the run's train_config has epochs={shown(stored_epochs)}; "
                        f"allowed: an integer >= 1")
-    if cfg.lr_milestones is None and stored_epochs != cfg.epochs:
-        before = dataclasses.replace(cfg, epochs=int(stored["epochs"])).milestones()
-        passed = [m for m in before if m <= epochs_done]
+    current = cfg.to_dict()
+    for key, value in stored.items():
+        if key in RESUMABLE_CHANGES or key not in current or key == "lr_milestones":
+            continue
+        if not _equal(current[key], value):
+            raise BadInput(f"{how}: setting {key}={shown(current[key])} differs from the run's "
+                           f"{shown(value)}; only {', '.join(RESUMABLE_CHANGES)} may change")
+    _check_milestones(cfg, stored.get("lr_milestones"), stored_epochs, epochs_done, how)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` for a setting and a value read from a file, which may hold anything (a
+    tensor compares elementwise; some types refuse to compare): such a value is not equal."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - a hostile value: not the setting
+        return False
+
+
+def _check_milestones(cfg: TrainConfig, stored: Any, stored_epochs: int, epochs_done: int,
+                      how: str) -> None:
+    """The learning-rate milestones of the epochs trained stay those they were trained with."""
+    run_auto = dataclasses.replace(cfg, epochs=stored_epochs, lr_milestones=None).milestones()
+    if cfg.lr_milestones is not None:
+        # fixed milestones: the run's own, or, for a run with auto ones, the same values given
+        # explicitly (so that more epochs do not move them)
+        if stored is not None and not _equal(cfg.lr_milestones, stored):
+            raise BadInput(f"{how}: setting lr_milestones={shown(cfg.lr_milestones)} differs "
+                           f"from the run's {shown(stored)}; only "
+                           f"{', '.join(RESUMABLE_CHANGES)} may change")
+        if stored is None and cfg.lr_milestones != run_auto:
+            raise BadInput(f"{how}: setting lr_milestones={shown(cfg.lr_milestones)} differs "
+                           f"from the run's auto milestones {run_auto} (of its {stored_epochs} "
+                           f"epochs); give those to keep them fixed")
+        return
+    if stored is not None:
+        raise BadInput(f"{how}: setting lr_milestones=None (auto) differs from the run's "
+                       f"{shown(stored)}; only {', '.join(RESUMABLE_CHANGES)} may change")
+    # "auto" milestones follow the epochs: a new epoch count must not move a milestone that
+    # the epochs already trained have passed (their learning rates would not be those recorded)
+    if stored_epochs != cfg.epochs:
+        passed = [m for m in run_auto if m <= epochs_done]
         if passed != [m for m in cfg.milestones() if m <= epochs_done]:
             raise BadInput(
-                f"--resume: epochs={cfg.epochs} moves the auto learning-rate milestones to "
+                f"{how}: epochs={cfg.epochs} moves the auto learning-rate milestones to "
                 f"{cfg.milestones()}, but the {epochs_done} epoch"
                 f"{'' if epochs_done == 1 else 's'} trained already passed {passed}; keep "
-                f"epochs={stored['epochs']} or start a new run (a run trained with fixed "
-                f"--lr-milestones can be extended)")
+                f"epochs={stored_epochs}, give lr_milestones={run_auto} to keep the run's, or "
+                f"start a new run")
 
 
 def checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dict,
-                        best: float, precision_changes: list, image_size: int) -> dict[str, Any]:
+                       best: float, precision_changes: list, image_size: int) -> dict[str, Any]:
     cfg = engine.cfg
     # image_size: what the model was trained on (harness eval refuses other image sizes)
     return {"model": engine.net.state_dict(), "config": model_config, "image_size": image_size,
@@ -159,5 +268,3 @@ def checkpoint_payload(engine: Engine, model_config: dict, epoch: int, row: dict
             "scheduler": {"kind": "piecewise", "milestones": cfg.milestones(),
                           "gamma": cfg.lr_gamma, "lr": cfg.lr, "epochs_done": epoch},
             "rng": rng_state(engine.device), "best_val_robust_acc": best}
-
-

@@ -24,8 +24,10 @@ come from the forward after it. Every epoch the model is evaluated in eval mode 
 and test sets (clean, and PGD with ``eval_steps``/``eval_restarts``) and a row is appended to
 ``metrics.jsonl`` (keys in ``docs/architecture.md``).
 
-Run directory: ``config.json``, ``metrics.jsonl``, ``last.pt``, ``best.pt`` (highest validation
-robust accuracy, never selected on test), ``epoch_NNNN.pt`` (``save_every``), ``DONE``.
+Run directory: :class:`harness.rundir.RunDir` owns its files (``config.json``, ``metrics.jsonl``,
+``last.pt``, ``best.pt``: highest validation robust accuracy, never selected on test,
+``epoch_NNNN.pt`` every ``save_every``, ``DONE``), its lock and the run's identity; this module
+only composes the rooms (settings, resume checks, data, engine, epochs) into a run.
 
 Reproducibility: the model is initialized from ``seed``; the data order and augmentation of an
 epoch come from ``(seed, epoch)`` (``harness.data.DeviceBatches``); the attack's random starts
@@ -42,7 +44,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -50,32 +51,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curvtools.checks import is_int
 from curvtools.cpu_allocator import keep_freed_memory
-from curvtools.fileio import write_text_atomic
-from curvtools.runfiles import read_metrics
-from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.config import TrainConfig
 from harness.distributed import barrier, context_from_env, setup
 from harness.report import Reporter
 from harness.resume import (
-    check_resume_config,
-    check_resume_payload,
+    Resumed,
+    check_resume,
+    check_resume_model,
     checkpoint_payload,
     restore_engine,
 )
 from harness.run_data import RunData, load_run_data
-from harness.rundir import (
-    RunLock,
-    append_metrics,
-    check_resume_model,
-    clear_run_files,
-    model_config_for,
-    no_write,
-    prepare_out_dir,
-    remove_stale_temp_files,
-    run_record,
-)
+from harness.rundir import API, Caller, RunDir, model_config_for, run_record
 from harness.runtime import autocast_dtype_for, resolve_channels_last, resolve_device
 from harness.step import build_engine, run_epoch
 
@@ -111,149 +99,123 @@ REGISTRY_INPUTS = RunInputs()
 
 def run_training(cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                  overwrite: bool = False, progress: bool = True,
-                 log: Callable[[str], None] | None = None) -> list[dict]:
+                 log: Callable[[str], None] | None = None, caller: Caller = API) -> list[dict]:
     """Train per ``cfg`` into ``out_dir``; returns the metrics rows of all finished epochs.
 
     ``resume`` continues from ``out_dir/last.pt`` (settings other than
-    :data:`RESUMABLE_CHANGES` must match); ``overwrite`` deletes an existing run's files first.
-    Without either, a non-empty ``out_dir`` raises :class:`BadInput` and nothing is touched.
-    Raises :class:`TrainingDiverged` when the training loss becomes NaN/inf (``best.pt`` and
+    :data:`RESUMABLE_CHANGES` must match; a ``last.pt`` of another run is refused);
+    ``overwrite`` deletes an existing run's files first. Without either, a non-empty
+    ``out_dir`` raises :class:`BadInput` and nothing is touched. Raises
+    :class:`TrainingDiverged` when the training loss becomes NaN/inf (``best.pt`` and
     ``last.pt`` then hold the last good epoch). ``progress`` shows a rich progress bar and
     prints one summary line per epoch (``log`` receives the same lines when given).
+    ``caller``: how messages name the options (``harness.rundir.CLI`` for ``harness train``).
     """
     return train_with(REGISTRY_INPUTS, cfg, out_dir, resume=resume, overwrite=overwrite,
-                      progress=progress, log=log)
+                      progress=progress, log=log, caller=caller)
 
 
 def train_with(inputs: RunInputs, cfg: TrainConfig, out_dir: str | Path, *, resume: bool = False,
                overwrite: bool = False, progress: bool = True,
-               log: Callable[[str], None] | None = None) -> list[dict]:
+               log: Callable[[str], None] | None = None, caller: Caller = API) -> list[dict]:
     """:func:`run_training` with the data and model of ``inputs`` (see :class:`RunInputs`)."""
     cfg.validate()
-    out_dir = Path(out_dir)
-    prepare_out_dir(out_dir, resume, overwrite)
-    # Data parallel: rank 0 holds the lock for all ranks (the others only read the run dir)
-    with RunLock(out_dir, enabled=context_from_env().is_main) as lock:
-        if out_dir.is_dir():  # an existing run: no other process may change it while we check
-            lock.acquire()
-            prepare_out_dir(out_dir, resume, overwrite)  # as it is now that we hold the lock
-        return _train(inputs, cfg, out_dir, resume, overwrite, progress, log, lock)
+    # Data parallel: rank 0 holds the lock and writes for all ranks (the others only read)
+    run = RunDir(out_dir, main=context_from_env().is_main, caller=caller)
+    run.check_out_dir(resume, overwrite)
+    with run:
+        run.lock_existing(resume, overwrite)  # no other process may change it while we check
+        return _train(inputs, cfg, run, resume, overwrite, progress, log)
 
 
-def _train(inputs: RunInputs, cfg: TrainConfig, out_dir: Path, resume: bool, overwrite: bool,
-           progress: bool, log: Callable[[str], None] | None, lock: RunLock) -> list[dict]:
-    """:func:`run_training` once ``out_dir`` is checked: every check (settings, resume payload,
-    data, model) comes before the first write."""
-    metrics_path = out_dir / "metrics.jsonl"
-    ckpt, rows = None, []
-    start_epoch, best = 0, -1.0
-    if resume:
-        ckpt = load_checkpoint(out_dir / "last.pt")
-        rows = read_metrics(metrics_path)
-        start_epoch, best = check_resume_payload(ckpt, out_dir / "last.pt", rows)
-        check_resume_config(cfg, ckpt.get("train_config") or {}, start_epoch)
-        check_resume_model(ckpt.get("config"), out_dir / "last.pt", inputs.user_module)
+@dataclass
+class _Epochs:
+    """What the epoch loop carries from one epoch to the next."""
+
+    start: int
+    best: float
+    rows: list[dict]
+    model_config: dict
+    precision_changes: list
+    image_size: int
+
+
+def _train(inputs: RunInputs, cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool,
+           progress: bool, log: Callable[[str], None] | None) -> list[dict]:
+    """:func:`run_training` once the run directory is checked: every check (identity,
+    settings, resume payload, data, model) comes before the first write."""
+    resumed: Resumed | None = check_resume(run, cfg, inputs.user_module) if resume else None
     dist, device = setup(resolve_device(cfg.device))  # torchrun: cuda:LOCAL_RANK, one rank each
     if device.type == "cpu":
         keep_freed_memory()  # API callers too; the CLIs apply it at start
-    main = dist.is_main  # only rank 0 writes files and prints
     amp = autocast_dtype_for(cfg.precision, device)
     channels_last = resolve_channels_last(cfg, device)
     data = inputs.load_data(cfg, device, channels_last, dist)  # may raise BadInput
     model_config = inputs.model_config(cfg, data)
-    if ckpt is not None:
-        check_resume_model(ckpt.get("config"), out_dir / "last.pt", inputs.user_module,
+    if resumed is not None:
+        check_resume_model(resumed.ckpt.get("config"), resumed.path, inputs.user_module,
                            model_config)
     engine = build_engine(cfg, model_config, device, amp, channels_last, dist, net=inputs.net)
-    if ckpt is not None:
-        restore_engine(engine, ckpt, out_dir / "last.pt")  # may raise BadInput: nothing written
-    if main and not lock.held:
-        lock.acquire()  # a new directory: created now, and checked again under the lock
-        prepare_out_dir(out_dir, resume, overwrite)
-    barrier(dist)  # every rank has checked out_dir before rank 0 changes it
+    if resumed is not None:
+        restore_engine(engine, resumed.ckpt, resumed.path)  # may raise BadInput: nothing written
+    run.lock_new(resume, overwrite)
+    barrier(dist)  # every rank has checked the run directory before rank 0 changes it
 
-    if ckpt is not None:
-        remove_stale_temp_files(out_dir)
-    elif overwrite and out_dir.is_dir():
-        if main:
-            clear_run_files(out_dir)
-    # Data parallel: only rank 0 touches files; the other ranks run the same code with
-    # writers that do nothing.
-    write_text = write_text_atomic if main else no_write
-    append_row = append_metrics if main else no_write
-    save = save_checkpoint if main else no_write
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "DONE").unlink(missing_ok=True)
+    run.start(cfg, model_config, resumed.run_id if resumed else None,
+              fresh=resumed is None and overwrite)
     record = run_record(cfg, data, model_config, device, amp, channels_last)
     record.update(inputs.record)
-    record["resolved"]["world_size"] = dist.world_size
-    record["resolved"]["cuda_graphs"] = engine.cuda_graphs
-    # "auto" precision follows the hardware, which may differ on resume: keep the history
-    precision = record["resolved"]["precision"]
-    precision_before = ckpt.get("precision") if ckpt is not None else None
-    precision_changes = list(ckpt.get("precision_changes", [])) if ckpt is not None else []
-    switched = precision_before not in (None, precision)
-    if switched:
-        precision_changes.append({"epoch": start_epoch, "from": precision_before,
-                                  "to": precision})
-    if precision_changes:
-        record["resolved"]["precision_changes"] = precision_changes
-    write_text(out_dir / "config.json", json.dumps(record, indent=2) + "\n")
-    rows = [r for r in rows if is_int(r.get("epoch")) and r["epoch"] <= start_epoch]
-    if ckpt is not None and start_epoch and not any(r["epoch"] == start_epoch for r in rows):
-        rows.append(dict(ckpt["metrics"]))  # the file lost the checkpoint's row: restore it
-    write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+    resolved = record["resolved"]
+    resolved.update(world_size=dist.world_size, cuda_graphs=engine.cuda_graphs)
+    changes, before = (resumed.precision_changes(resolved["precision"]) if resumed
+                       else ([], None))
+    if changes:
+        resolved["precision_changes"] = changes
+    run.write_record(record)
+    loop = _Epochs(resumed.start_epoch if resumed else 0, resumed.best if resumed else -1.0,
+                   resumed.rows_kept() if resumed else [], model_config, changes,
+                   int(data.source_info["image_size"]))
+    run.write_rows(loop.rows)
 
-    if not main:
+    if not dist.is_main:
         progress, log = False, None
-    reporter = Reporter(progress, log, cfg.epochs, start_epoch, len(data.train),
-                         len(data.val) if hasattr(data.val, "__len__") else 0,
-                         len(data.test) if hasattr(data.test, "__len__") else 0)
+    reporter = Reporter(progress, log, cfg.epochs, loop.start, len(data.train),
+                        len(data.val) if hasattr(data.val, "__len__") else 0,
+                        len(data.test) if hasattr(data.test, "__len__") else 0)
     with reporter:
-        reporter.start_line(out_dir, record["resolved"], resumed=ckpt is not None)
-        if switched:
-            reporter.line(f"note: epochs 1-{start_epoch} ran in {precision_before}; resumed in "
-                          f"{precision} (--precision {cfg.precision} on {device})")
+        reporter.start_line(run.path, resolved, resumed=resumed is not None,
+                            more_epochs=run.caller.more_epochs)
+        if before is not None:
+            reporter.line(f"note: epochs 1-{loop.start} ran in {before}; resumed in "
+                          f"{resolved['precision']} (--precision {cfg.precision} on {device})")
         try:
-            rows = _epochs(engine, data, cfg, out_dir, start_epoch, best, rows, reporter,
-                           model_config, precision_changes, metrics_path, save, append_row)
+            _epochs(engine, data, run, loop, reporter)
         except KeyboardInterrupt:
-            reporter.interrupted(out_dir)
+            reporter.interrupted(run.path, run.caller.continue_with(run.path))
             raise
-    write_text(out_dir / "DONE", json.dumps({"epochs": cfg.epochs,
-                                             "finished": time.time()}) + "\n")
+    run.finish(cfg.epochs, time.time())
     barrier(dist)  # ranks finish together, after rank 0 has written DONE
-    return rows
+    return loop.rows
 
 
-def _epochs(engine, data, cfg: TrainConfig, out_dir: Path, start_epoch: int, best: float,
-            rows: list[dict], reporter: Reporter, model_config: dict, precision_changes: list,
-            metrics_path: Path, save, append_row) -> list[dict]:
-    """Epochs ``start_epoch + 1 .. cfg.epochs``: train, evaluate, append the row, checkpoint."""
-    for epoch in range(start_epoch, cfg.epochs):
+def _epochs(engine, data: RunData, run: RunDir, loop: _Epochs, reporter: Reporter) -> None:
+    """Epochs ``loop.start + 1 .. cfg.epochs``: train, evaluate, append the row, checkpoint."""
+    for epoch in range(loop.start, engine.cfg.epochs):
         row = run_epoch(engine, data, epoch, reporter)
         if not all(math.isfinite(row[k]) for k in ("train_robust_loss", "train_clean_loss")):
-            kept = (f"best.pt and last.pt keep epoch {epoch} or earlier" if epoch
-                    else "no checkpoint was written")
+            kept = (f"{run.best.name} and {run.last.name} keep epoch {epoch} or earlier"
+                    if epoch else "no checkpoint was written")
             message = (f"training diverged: non-finite training loss in epoch {epoch + 1} "
                        f"(lr {row['lr']:g}); {kept}")
             reporter.line(message)
             raise TrainingDiverged(message)
         # The row goes first: a crash before last.pt is written leaves a row past the
         # checkpoint, which resuming truncates and recomputes (never a lost epoch).
-        append_row(metrics_path, row)
-        rows.append(row)
-        payload = checkpoint_payload(engine, model_config, epoch + 1, row,
-                                      max(best, row["val_robust_acc"]), precision_changes,
-                                      int(data.source_info["image_size"]))
-        if row["val_robust_acc"] > best:
-            best = row["val_robust_acc"]
-            save(out_dir / "best.pt", payload)
-        if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-            save(out_dir / f"epoch_{epoch + 1:04d}.pt", payload)
-        save(out_dir / "last.pt", payload)
+        run.append_row(row)
+        loop.rows.append(row)
+        improved = row["val_robust_acc"] > loop.best
+        loop.best = max(loop.best, row["val_robust_acc"])
+        payload = checkpoint_payload(engine, loop.model_config, epoch + 1, row, loop.best,
+                                     loop.precision_changes, loop.image_size)
+        run.save_epoch(epoch + 1, payload, improved)
         reporter.epoch_line(row)
-    return rows
-
-

@@ -19,6 +19,7 @@ Usage::
 
     python scripts/crash_campaign.py                 # all scenarios, prints a summary table
     python scripts/crash_campaign.py --random 5 --json crash.json
+    python scripts/crash_campaign.py --kill row:2    # one scenario (repeat --kill for more)
 """
 
 from __future__ import annotations
@@ -90,28 +91,29 @@ def child(out_dir: Path, kill: str) -> None:
     torch.set_num_threads(1)
     import harness.train as train
     from harness.config import TrainConfig
+    from harness.rundir import RunDir
 
     what, _, nth = kill.partition(":")
     if what == "step":
         _kill_on_call(torch.optim.SGD, "step", int(nth))
     elif what == "eval":
         _kill_in_eval(int(nth))
-    elif what == "row":
-        _kill_on_call(train, "_append_metrics", int(nth))
+    elif what == "row":  # the row is appended (fsynced), the epoch's checkpoints not yet written
+        _kill_on_call(RunDir, "append_row", int(nth))
     # checkpoint-write:N is read by harness.checkpoint from the environment; random: the parent
     # kills from outside, timed from the moment the data are loaded (announced here)
-    load_run_data = train.load_run_data
 
     def load_and_announce(*args, **kwargs):
-        data = load_run_data(*args, **kwargs)
+        data = train.load_run_data(*args, **kwargs)
         print(READY, flush=True)
         return data
 
-    train.load_run_data = load_and_announce
-    resume = (out_dir / "last.pt").is_file()
-    overwrite = not resume and out_dir.is_dir() and any(out_dir.iterdir())
-    train.run_training(TrainConfig.from_dict(RUN), out_dir, resume=resume,
-                       overwrite=overwrite, progress=False)
+    run = RunDir(out_dir)
+    resume = run.last.is_file()
+    overwrite = not resume and run.has_run()
+    train.train_with(train.RunInputs(load_data=load_and_announce),
+                     TrainConfig.from_dict(RUN), out_dir, resume=resume,
+                     overwrite=overwrite, progress=False)
 
 
 # --- the parent --------------------------------------------------------------------------------
@@ -256,18 +258,33 @@ def _source_digest() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--random", type=int, default=3,
-                        help="random outside kills (each in its own scenario, chained up to 3)")
+    parser.add_argument("--random", type=int, default=None,
+                        help="random outside kills (each in its own scenario, chained up to 3; "
+                             "default 3, or 0 with --kill)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kill times")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the run directories in this folder (default: a temp folder)")
+    parser.add_argument("--kill", action="append", default=None, metavar="SCENARIO",
+                        help=f"run only this kill scenario (repeatable): one of {SCENARIOS} "
+                             f"or another checkpoint-write:N, step:K, eval:K, row:K; no random "
+                             f"kills unless --random is given too")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--kill", default="none", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.kill)
+        child(args.child, (args.kill or ["none"])[0])
         return 0
+    scenarios = SCENARIOS
+    if args.kill:
+        for name in args.kill:
+            what, _, nth = name.partition(":")
+            if what not in ("checkpoint-write", "step", "eval", "row") or not nth.isdigit() \
+                    or int(nth) < 1:
+                parser.error(f"--kill {name!r}: allowed: checkpoint-write:N, step:K, eval:K, "
+                             f"row:K (N, K >= 1)")
+        scenarios = args.kill
+    if args.random is None:
+        args.random = 0 if args.kill else 3
     root = args.keep or Path(tempfile.mkdtemp(prefix="crash-campaign-"))
     root.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
@@ -276,7 +293,7 @@ def main() -> int:
     _, training_seconds = _run_child(root / "reference", "none")
     reference_seconds = time.perf_counter() - started
     results = []
-    for name in SCENARIOS + [f"random-{i + 1}" for i in range(args.random)]:
+    for name in scenarios + [f"random-{i + 1}" for i in range(args.random)]:
         # random kills fall anywhere in the training part of the reference run's wall time
         results.append(run_scenario(name, root, root / "reference", rng, training_seconds,
                                     n_random=3))

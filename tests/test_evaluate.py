@@ -1,7 +1,10 @@
-"""harness.evaluate: our PGD against torchattacks' PGD on a small adversarially trained model,
-eps = 0 gives clean accuracy exactly, and ``harness eval``'s checks."""
+"""harness.evaluate (the kernel): our PGD against torchattacks' PGD on a small adversarially
+trained model, eps = 0 gives clean accuracy exactly; harness.eval_checkpoint: ``harness eval``'s
+threat model and checks."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,7 +15,8 @@ from curvtools.errors import BadInput
 from harness.attacks import ThreatModel, make_attack
 from harness.checkpoint import load_checkpoint, save_checkpoint
 from harness.config import TrainConfig
-from harness.evaluate import evaluate_checkpoint, evaluate_robust
+from harness.eval_checkpoint import EvalThreat, evaluate_checkpoint
+from harness.evaluate import evaluate_robust
 from harness.train import run_training
 
 
@@ -61,6 +65,7 @@ def robust_digits_net():
 
 
 EPS = 16 / 255
+ONE_STEP = EvalThreat(steps=1, restarts=1)
 
 
 def test_our_pgd_is_at_least_as_strong_as_torchattacks_pgd(robust_digits_net):
@@ -83,9 +88,10 @@ def test_our_pgd_is_at_least_as_strong_as_torchattacks_pgd(robust_digits_net):
 
 
 def test_eval_command_path_runs_ours_and_torchattacks_on_a_checkpoint(digits_ckpt):
-    common = dict(n=60, steps=3, eps_255=16, alpha_255=6, device="cpu", batch_size=30)
-    ours = evaluate_checkpoint(digits_ckpt, attack="pgd", restarts=2, **common)
-    theirs = evaluate_checkpoint(digits_ckpt, attack="torchattacks-pgd", **common)
+    common = dict(n=60, device="cpu", batch_size=30)
+    asked = EvalThreat(steps=3, eps_255=16, step_255=6)
+    ours = evaluate_checkpoint(digits_ckpt, replace(asked, restarts=2), attack="pgd", **common)
+    theirs = evaluate_checkpoint(digits_ckpt, asked, attack="torchattacks-pgd", **common)
     assert ours["n"] == theirs["n"] == 60 and ours["epoch"] == 1
     assert ours["clean_acc"] == theirs["clean_acc"]
     assert ours["robust_acc"] <= ours["clean_acc"]
@@ -93,11 +99,25 @@ def test_eval_command_path_runs_ours_and_torchattacks_on_a_checkpoint(digits_ckp
 
 
 def test_eval_attacks_with_the_run_threat_model_unless_told_otherwise(digits_ckpt):
-    common = dict(n=20, steps=1, restarts=1, device="cpu")
-    run = evaluate_checkpoint(digits_ckpt, **common)  # trained at eps 16/255, step 8/255
+    fast = EvalThreat(steps=1, restarts=1)
+    run = evaluate_checkpoint(digits_ckpt, fast, n=20, device="cpu")  # trained at 16/255, 8/255
     assert (run["norm"], run["eps_255"], run["alpha_255"]) == ("linf", 16.0, 8.0)
-    told = evaluate_checkpoint(digits_ckpt, eps_255=4.0, alpha_255=1.0, **common)
+    told = evaluate_checkpoint(digits_ckpt, replace(fast, eps_255=4.0, step_255=1.0), n=20,
+                               device="cpu")
     assert (told["eps_255"], told["alpha_255"]) == (4.0, 1.0)
+    whole = evaluate_checkpoint(digits_ckpt, ThreatModel.from_255(eps_255=4, step_255=1,
+                                                                  steps=1), n=20, device="cpu")
+    assert (whole["eps_255"], whole["alpha_255"], whole["restarts"]) == (4.0, 1.0, 1)
+    assert whole["robust_acc"] == told["robust_acc"]  # the same threat, given whole
+
+
+def test_eval_refuses_a_threat_option_the_attack_does_not_use_by_its_option_name(digits_ckpt):
+    with pytest.raises(BadInput, match=r"^attack fgsm does not use --restarts; of the threat "
+                                       r"options it uses --eps-255, --norm$"):
+        evaluate_checkpoint(digits_ckpt, EvalThreat(restarts=5), attack="fgsm", n=10,
+                            device="cpu")
+    with pytest.raises(BadInput, match="BatchNorm in eval mode"):
+        evaluate_checkpoint(digits_ckpt, ThreatModel(bn_mode="train"), n=10, device="cpu")
 
 
 def test_eps_zero_gives_clean_accuracy_exactly(digits_ckpt):
@@ -126,12 +146,14 @@ def test_evaluate_restores_the_model_mode(digits_ckpt):
 @pytest.mark.parametrize("kw,match", [
     (dict(attack="cw"), "attack"), (dict(steps=0), "steps"), (dict(restarts=0), "restarts"),
     (dict(n=0), "--n"), (dict(eps_255=-1), "eps"), (dict(norm="l1"), "norm"),
-    (dict(eps_255=float("inf")), "eps"), (dict(alpha_255=float("nan")), "alpha"),
+    (dict(eps_255=float("inf")), "eps"), (dict(step_255=float("nan")), "alpha"),
     (dict(split="training"), "--split 'training'; allowed: test, train, val"),
 ])
 def test_bad_eval_settings_raise_bad_input(digits_ckpt, kw, match):
+    threat = EvalThreat(**{k: v for k, v in kw.items() if k in EvalThreat.__dataclass_fields__})
+    rest = {k: v for k, v in kw.items() if k not in EvalThreat.__dataclass_fields__}
     with pytest.raises(BadInput, match=match):
-        evaluate_checkpoint(digits_ckpt, device="cpu", **kw)
+        evaluate_checkpoint(digits_ckpt, threat, device="cpu", **rest)
 
 
 def _image_folder(root, classes: int, size: int) -> str:
@@ -171,10 +193,10 @@ def test_eval_refuses_a_dataset_of_other_channels_classes_or_image_size(digits_c
             (ckpt, three, "3 classes", "10 classes"),
             (ckpt, rgb32, "32x32 images", "16x16 images")]:
         with pytest.raises(BadInput) as err:
-            evaluate_checkpoint(path, dataset=spec, device="cpu", steps=1, restarts=1)
+            evaluate_checkpoint(path, ONE_STEP, dataset=spec, device="cpu")
         assert (f"dataset {spec!r} has {named}; the checkpoint's model takes {takes}"
                 in str(err.value)), str(err.value)
-    assert evaluate_checkpoint(ckpt, dataset=rgb16, device="cpu", steps=1, restarts=1)["n"] == 10
+    assert evaluate_checkpoint(ckpt, ONE_STEP, dataset=rgb16, device="cpu")["n"] == 10
 
 
 def test_eval_takes_the_image_size_from_the_training_data_in_older_checkpoints(digits_ckpt,
@@ -201,19 +223,17 @@ def test_eval_split_attacks_exactly_the_images_the_run_used(digits_ckpt, split):
     import json
 
     record = json.loads((digits_ckpt.parent / "config.json").read_text())
-    result = evaluate_checkpoint(digits_ckpt, device="cpu", split=split, steps=1, restarts=1)
+    result = evaluate_checkpoint(digits_ckpt, ONE_STEP, device="cpu", split=split)
     assert result["split"] == split
     assert result["n"] == record["data"][f"num_{split}"]
     assert result["indices_sha256"] == record["data"][f"{split}_indices_sha256"]
-    part = evaluate_checkpoint(digits_ckpt, device="cpu", split=split, n=10, steps=1,
-                               restarts=1)
+    part = evaluate_checkpoint(digits_ckpt, ONE_STEP, device="cpu", split=split, n=10)
     assert part["n"] == 10 and part["indices_sha256"] != result["indices_sha256"]
 
 
 def test_eval_split_train_differs_from_test_and_test_stays_the_default(digits_ckpt):
-    test = evaluate_checkpoint(digits_ckpt, device="cpu", n=20, steps=1, restarts=1)
-    train = evaluate_checkpoint(digits_ckpt, device="cpu", n=20, steps=1, restarts=1,
-                                split="train")
+    test = evaluate_checkpoint(digits_ckpt, ONE_STEP, device="cpu", n=20)
+    train = evaluate_checkpoint(digits_ckpt, ONE_STEP, device="cpu", n=20, split="train")
     assert test["split"] == "test"
     assert test["indices_sha256"] != train["indices_sha256"]
 

@@ -70,6 +70,26 @@ def test_a_run_saved_with_legacy_keys_resumes_exactly(digits_run, tmp_path):
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
 
+def test_a_run_saved_before_run_ids_resumes_exactly(digits_run, tmp_path):
+    """Rewrite a 1-epoch run's files as the code before run ids wrote them (no ``run`` entry in
+    config.json or any checkpoint), resume it to 2 epochs: the weights equal those of the
+    uninterrupted 2-epoch run, and the run has an id from the resume on."""
+    old = tmp_path / "old"
+    run_training(_cfg(epochs=1), old, progress=False)
+    for name in ("last.pt", "best.pt"):
+        payload = load_checkpoint(old / name)
+        del payload["run"]
+        save_checkpoint(old / name, payload)
+    record = json.loads((old / "config.json").read_text())
+    del record["run"]
+    (old / "config.json").write_text(json.dumps(record))
+    run_training(_cfg(epochs=2), old, resume=True, progress=False)
+    resumed = load_checkpoint(old / "last.pt")
+    straight = load_checkpoint(digits_run / "last.pt")["model"]
+    assert all(torch.equal(resumed["model"][k], straight[k]) for k in straight)
+    assert resumed["run"]["id"] == json.loads((old / "config.json").read_text())["run"]["id"]
+
+
 def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tmp_path, monkeypatch):
     import harness.train as train
 
@@ -86,8 +106,9 @@ def test_ctrl_c_says_where_the_run_stopped_and_how_to_continue(tmp_path, monkeyp
     lines: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         run_training(_cfg(), tmp_path / "run", progress=False, log=lines.append)
+    # a Python caller is told the Python way (harness train's line names --resume)
     assert lines[-1] == (f"interrupted in epoch 2; last.pt holds epoch 1: continue with "
-                         f"harness train --out {tmp_path / 'run'} --resume")
+                         f"run_training(cfg, '{tmp_path / 'run'}', resume=True)")
     monkeypatch.setattr(train, "run_epoch", real)
     lines.clear()
     run_training(_cfg(), tmp_path / "run", resume=True, progress=False, log=lines.append)
@@ -99,7 +120,8 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_do(digits_run):
     lines: list[str] = []
     rows = run_training(_cfg(), digits_run, resume=True, progress=False, log=lines.append)
     assert len(rows) == 2
-    assert "has trained all 2 epochs already; nothing to do (pass --epochs N" in lines[0]
+    assert ("has trained all 2 epochs already; nothing to do (set TrainConfig.epochs > 2 to "
+            "train further)") in lines[0]
 
 
 def test_a_new_run_says_its_device_and_precision_first(tmp_path):
@@ -125,8 +147,8 @@ def test_eval_refuses_a_setting_the_attack_does_not_use(digits_run, capsys):
     code, _, err = _eval(["--ckpt", str(digits_run / "last.pt"), "--attack", "fgsm",
                           "--restarts", "5", "--no-progress"], capsys)
     assert code == 2
-    assert err.strip().splitlines()[-1] == ("error: attack fgsm does not use restarts; it uses "
-                                            "bn_mode, eps, norm")
+    assert err.strip().splitlines()[-1] == ("error: attack fgsm does not use --restarts; of the "
+                                            "threat options it uses --eps-255, --norm")
 
 
 def test_eval_honours_restarts_of_torchattacks_pgd_and_says_what_runs(digits_run, capsys):
