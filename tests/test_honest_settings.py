@@ -159,16 +159,16 @@ def test_an_eval_line_explains_robust_above_clean_only_when_it_happens():
 
 def test_ctrl_c_in_harness_eval_says_where_it_stood_and_exits_130(tmp_path, capsys,
                                                                    monkeypatch):
-    import harness.evaluate
+    import harness.eval_checkpoint
     from harness.cli import main
 
-    def interrupted(ckpt, *, on_start, on_batch, **kwargs):
+    def interrupted(ckpt, threat, *, on_start, on_batch, **kwargs):
         attack = make_attack("pgd", ThreatModel(steps=2))
         on_start(3, attack, 90)
         on_batch()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness.evaluate, "evaluate_checkpoint", interrupted)
+    monkeypatch.setattr(harness.eval_checkpoint, "evaluate_checkpoint", interrupted)
     ckpt, out = tmp_path / "last.pt", tmp_path / "e.json"
     ckpt.write_bytes(b"not read")
     with pytest.raises(SystemExit) as info:

@@ -65,13 +65,15 @@ def _tiny(**changes) -> TrainConfig:
 def _train_evaluate_hessian(cfg: TrainConfig, out: Path, attack: str = "pgd") -> dict:
     """Train ``cfg`` into ``out``, evaluate last.pt and take its input Hessian; the numbers."""
     from curvtools.cli import main as curvtools_main
-    from harness.evaluate import evaluate_checkpoint
+    from harness.eval_checkpoint import EvalThreat, evaluate_checkpoint
 
     rows = run_training(cfg, out, progress=False)
     assert [r["epoch"] for r in rows] == [1]
     assert all(math.isfinite(v) for k, v in rows[0].items() if k.endswith(("_loss", "_acc")))
-    report = evaluate_checkpoint(out / "last.pt", n=10, steps=2, restarts=1, attack=attack,
-                                 device="cpu", batch_size=10)
+    # pgd: 2 steps (x 5 reporting restarts) to stay fast; another attack: its own defaults
+    threat = EvalThreat(steps=2) if attack == "pgd" else EvalThreat()
+    report = evaluate_checkpoint(out / "last.pt", threat, attack=attack, n=10, device="cpu",
+                                 batch_size=10)
     assert report["n"] == 10 and 0 <= report["robust_acc"] <= report["clean_acc"] <= 1
     spectra = out / "hessian.json"
     try:
