@@ -36,7 +36,7 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 # moves an auto learning-rate milestone the trained epochs have passed, check_resume_config).
 RESUMABLE_CHANGES = ("epochs", "device", "sync_bn", "compile", "compile_mode", "cuda_graphs",
                      "save_every", "hessian_every", "hessian_examples", "data_dir", "download",
-                     "eval_batch_size", "allow_unusual_eps")
+                     "eval_batch_size", "allow_unusual_eps", "eval_every")
 
 
 @dataclass
@@ -72,6 +72,9 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 128
     eval_batch_size: int = 512
+    # per-epoch validation and test evaluation every N epochs and at the last one (1: every
+    # epoch, the paper's protocol); best.pt is chosen among the evaluated epochs
+    eval_every: int = 1
     lr: float = 0.1
     lr_milestones: list[float] | None = None  # auto: 50% and 75% (the paper: 100, 150 of 200)
     lr_gamma: float = 0.1
@@ -322,6 +325,7 @@ def _validate(c: TrainConfig) -> None:
     _need_int(c, "epochs", 1)
     for name in ("batch_size", "eval_batch_size"):
         _need_int(c, name, 2)
+    _need_int(c, "eval_every", 1)
     _need_number(c, "lr", lambda v: v > 0, "> 0")
     if c.lr_milestones is not None:
         ms = c.lr_milestones

@@ -129,6 +129,8 @@ def format_epoch_line(row: Mapping[str, Any], epochs: int) -> str:
             f"{pct('test_robust_acc')} | {row['train_seconds']:.1f}s + {row['eval_seconds']:.1f}s")
     if "hessian_lambda_max_mean" in row:
         text += f" | lambda_max mean {row['hessian_lambda_max_mean']:.3g}"
+    if row.get("evaluated") is False:
+        text += " | val/test not evaluated this epoch (--eval-every)"
     for part, note in EPOCH_NOTE.items():
         clean, robust = row.get(f"{part}_clean_acc"), row.get(f"{part}_robust_acc")
         if clean is not None and robust is not None and robust > clean:

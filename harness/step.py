@@ -337,6 +337,14 @@ def build_engine(cfg: TrainConfig, model_config: dict, device: torch.device,
                   eval_graphs={}, train_attack=train_attack, eval_attack=eval_attack)
 
 
+def evaluates(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether 0-based ``epoch`` runs the per-epoch validation and test evaluation: every
+    ``eval_every`` epochs and always the last one. Each evaluation draws its attack starts from
+    its own (seed, epoch, stream) generator and changes no model state, so skipping some changes
+    nothing else of the run (its weights are the same bit for bit)."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+
+
 def run_epoch(engine: Engine, data: RunData, epoch: int, reporter: Reporter) -> dict:
     cfg = engine.cfg
     started = time.perf_counter()
@@ -351,10 +359,13 @@ def run_epoch(engine: Engine, data: RunData, epoch: int, reporter: Reporter) -> 
                       for m in ("clean_loss", "clean_acc", "robust_loss", "robust_acc")}
     started = time.perf_counter()
     reporter.start_eval()
-    row.update(evaluate_part(engine, data.val, epoch, STREAM_VAL_ATTACK, "val",
-                             reporter.eval_step))
-    row.update(evaluate_part(engine, data.test, epoch, STREAM_TEST_ATTACK, "test",
-                             reporter.eval_step))
+    if evaluates(cfg, epoch):
+        row.update(evaluate_part(engine, data.val, epoch, STREAM_VAL_ATTACK, "val",
+                                 reporter.eval_step))
+        row.update(evaluate_part(engine, data.test, epoch, STREAM_TEST_ATTACK, "test",
+                                 reporter.eval_step))
+    else:  # the row has no val_/test_ keys: not a candidate for best.pt
+        row["evaluated"] = False
     if cfg.hessian_every and (epoch + 1) % cfg.hessian_every == 0:
         row.update(hessian_summary(engine.net, data.test, cfg.hessian_examples))
     sync(engine.device)

@@ -213,8 +213,9 @@ def _epochs(engine, data: RunData, run: RunDir, loop: _Epochs, reporter: Reporte
         # checkpoint, which resuming truncates and recomputes (never a lost epoch).
         run.append_row(row)
         loop.rows.append(row)
-        improved = row["val_robust_acc"] > loop.best
-        loop.best = max(loop.best, row["val_robust_acc"])
+        val = row.get("val_robust_acc")  # absent in an epoch --eval-every skips
+        improved = val is not None and val > loop.best
+        loop.best = max(loop.best, val) if val is not None else loop.best
         payload = checkpoint_payload(engine, loop.model_config, epoch + 1, row, loop.best,
                                      loop.precision_changes, loop.image_size)
         run.save_epoch(epoch + 1, payload, improved)

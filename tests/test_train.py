@@ -325,3 +325,30 @@ def test_resume_refuses_fewer_epochs_than_the_run_has_trained(straight_run, tmp_
                                        r"trained; allowed: epochs >= 3"):
         run_training(_digits_cfg(epochs=2, save_every=2), out, resume=True, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # DONE still says 3
+
+
+def test_eval_every_skips_evaluation_but_not_a_bit_of_training(tmp_path):
+    """--eval-every 2 over 3 epochs evaluates epochs 2 and 3 (the last always), picks best.pt
+    among them, and trains the same weights as evaluating every epoch."""
+    from harness.checkpoint import load_checkpoint
+    from harness.train import run_training
+
+    settings = dict(dataset="digits", width=0.0625, epochs=3, batch_size=50, train_subset=100,
+                    val_subset=20, test_subset=20, train_steps=1, eval_steps=1, eps_255=16,
+                    alpha_255=8, lr_milestones=[2.0], device="cpu", precision="fp32")
+    every = run_training(TrainConfig.from_dict(settings), tmp_path / "every", progress=False)
+    sparse = run_training(TrainConfig.from_dict(settings | {"eval_every": 2}),
+                          tmp_path / "sparse", progress=False)
+    assert [("val_robust_acc" in r, r.get("evaluated", True)) for r in sparse] == [
+        (False, False), (True, True), (True, True)]
+    for a, b in zip(every, sparse, strict=True):
+        for key in ("train_robust_loss", "train_clean_loss", "train_robust_acc", "lr"):
+            assert a[key] == b[key]
+    for key in ("val_robust_acc", "test_robust_acc", "test_clean_loss"):
+        assert every[1][key] == sparse[1][key] and every[2][key] == sparse[2][key]
+    last_every = load_checkpoint(tmp_path / "every" / "last.pt")["model"]
+    last_sparse = load_checkpoint(tmp_path / "sparse" / "last.pt")["model"]
+    assert all(torch.equal(last_every[k], last_sparse[k]) for k in last_every)
+    best = load_checkpoint(tmp_path / "sparse" / "best.pt")
+    assert best["epoch"] in (2, 3)
+    assert best["metrics"]["val_robust_acc"] == max(r["val_robust_acc"] for r in sparse[1:])
