@@ -8,8 +8,10 @@ alone (``LOWCURV_KEEP_FREED_MEMORY=0``), the same images (regenerated from the s
 pipes, so its chunks still alternate with ours and a change of load hits both sides alike; the
 worker waits on its pipe (no CPU) while ours runs.
 
-Protocol (one JSON object per line): the parent sends ``{"kind": "train" | "eval", "images":
-{...bench_images kwargs}, "kwargs": {...}}``; for ``train`` the worker answers with
+The worker is :mod:`bench.reference_worker` (kept apart so that this module imports no
+benchmark: the benchmarks import it). Protocol (one JSON object per line): the parent sends
+``{"kind": "train" | "eval", "images": {...bench_images kwargs}, "kwargs": {...}}``; for
+``train`` the worker answers with
 ``{"warmup_seconds", "settings"}`` and then one ``{"seconds"}`` per ``"chunk"`` line; for
 ``eval`` it answers with :func:`bench.eval_throughput.reference_eval_throughput`'s result.
 """
@@ -32,7 +34,7 @@ class RemoteReference:
     def __init__(self, kind: str, images: dict[str, Any], kwargs: dict[str, Any]):
         env = dict(os.environ, LOWCURV_KEEP_FREED_MEMORY="0",
                    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.reference_process"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.reference_worker"],
                                      cwd=ROOT, env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
         self._send({"kind": kind, "images": images, "kwargs": kwargs})
@@ -61,31 +63,3 @@ class RemoteReference:
         if self.proc.poll() is None:
             self.proc.stdin.close()  # type: ignore[union-attr]
             self.proc.wait(timeout=60)
-
-
-def _serve() -> None:
-    import torch
-
-    from bench.train_throughput import ReferenceTrainSession, bench_images
-
-    request = json.loads(sys.stdin.readline())
-    threads = request["kwargs"].pop("threads", None)
-    if threads:
-        torch.set_num_threads(int(threads))
-    images, labels, _ = bench_images(**request["images"])
-    if request["kind"] == "eval":
-        from bench.eval_throughput import reference_eval_throughput
-
-        print(json.dumps(reference_eval_throughput(images, labels, **request["kwargs"])),
-              flush=True)
-        return
-    session = ReferenceTrainSession(images, labels, **request["kwargs"])
-    print(json.dumps({"warmup_seconds": session.warmup_seconds,
-                      "settings": session.settings}), flush=True)
-    for line in sys.stdin:
-        if json.loads(line) == "chunk":
-            print(json.dumps({"seconds": session.time_chunk()}), flush=True)
-
-
-if __name__ == "__main__":
-    _serve()
