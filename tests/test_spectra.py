@@ -278,3 +278,81 @@ def test_bad_stop_mode_and_check_arguments_raise_bad_input(kwargs):
     x, y = batch(1, dtype=torch.float32)
     with pytest.raises(BadInput):
         input_hessian_eigenvalues(model, x, y, **kwargs)
+
+
+# --- bounds, defaults and refused inputs --------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu", "relu"])
+def test_reported_bounds_hold_against_the_dense_hessian(act):
+    # every example, converged or stopped early by the cap: the value is within its bound of
+    # an eigenvalue, lambda_max >= value, and a converged example is within tol of lambda_max
+    model = tiny_conv_net(act, seed=5)
+    x, y = batch(5, seed=6)
+    for max_iter in (3, 100):
+        res = input_hessian_eigenvalues(model, x, y, tol=1e-3, max_iter=max_iter)
+        for i in range(5):
+            ev = torch.linalg.eigvalsh(dense_hessian(model, x[i], y[i])).detach()
+            scale = float(ev.abs().max())
+            lam, bound = float(res.lambda_max[i]), float(res.lambda_max_bound[i])
+            assert float((ev - lam).abs().min()) <= bound + 1e-12 * scale
+            assert lam <= float(ev[-1]) + 1e-12 * scale
+            lo, lo_bound = float(res.lambda_min[i]), float(res.lambda_min_bound[i])
+            assert float((ev - lo).abs().min()) <= lo_bound + 1e-12 * scale
+            if bool(res.converged[i]):
+                assert float(ev[-1]) - lam <= 1e-3 * abs(lam) + 1e-12 * scale
+            assert float(res.lambda_max_upper[i]) >= lam
+        if max_iter == 100:
+            assert res.converged.all()
+        else:
+            assert not res.converged.all()  # 3 products: flagged, not claimed
+
+
+def test_defaults_are_float64_and_the_bound_rule_and_are_stated_in_the_settings():
+    model = tiny_conv_net("silu")
+    x, y = batch(2, dtype=torch.float32)
+    res = input_hessian_eigenvalues(model, x, y)
+    assert res.settings["dtype"] == "torch.float64" and res.settings["stop"] == "residual"
+    assert res.settings["check_every"] == 1
+    rec = res.records()[0]
+    for key in ("lambda_max_bound", "lambda_max_upper", "lambda_min_bound", "error_bound",
+                "converged", "limited"):
+        assert key in rec
+    import inspect
+
+    doc = inspect.getdoc(input_hessian_eigenvalues)
+    assert "float64 (the default" in doc
+
+
+@pytest.mark.parametrize(("images", "needle"), [
+    ((torch.rand(2, 2, 4, 4) * 255).to(torch.uint8), "dtype torch.uint8"),
+    ((torch.rand(2, 2, 4, 4) * 255).round().long(), "dtype torch.int64"),
+    (torch.rand(2, 2, 4, 4) * 255, "in [0, 1]"),
+    (torch.rand(2, 2, 4, 4) - 0.5, "in [0, 1]"),
+    (torch.full((2, 2, 4, 4), float("nan")), "in [0, 1]"),
+])
+def test_images_that_are_not_pixels_in_0_1_are_refused_with_one_line(images, needle):
+    model = tiny_conv_net("silu")
+    y = torch.tensor([0, 1])
+    for call in (lambda: input_hessian_eigenvalues(model, images, y),
+                 lambda: batched_input_hvp(model, images, y)):
+        with pytest.raises(BadInput) as err:
+            call()
+        message = str(err.value)
+        assert needle in message and "\n" not in message
+
+
+def test_float_labels_are_refused():
+    model = tiny_conv_net("silu")
+    x, _ = batch(2)
+    with pytest.raises(BadInput, match="labels"):
+        input_hessian_eigenvalues(model, x, torch.tensor([0.0, 1.0]))
+
+
+def test_uint8_images_were_silently_wrong_and_their_float_version_is_not():
+    # the regression: uint8 pixels read as 0..255 saturate the net (Hessian ~1e-14)
+    model = tiny_conv_net("silu")
+    x, y = batch(2, dtype=torch.float32)
+    as_uint8 = (x * 255).round().to(torch.uint8)
+    res = input_hessian_eigenvalues(model, as_uint8.float() / 255, y, dtype=F64)
+    assert (res.lambda_max.abs() > 1e-6).all()
