@@ -356,3 +356,34 @@ def test_uint8_images_were_silently_wrong_and_their_float_version_is_not():
     as_uint8 = (x * 255).round().to(torch.uint8)
     res = input_hessian_eigenvalues(model, as_uint8.float() / 255, y, dtype=F64)
     assert (res.lambda_max.abs() > 1e-6).all()
+
+
+def test_the_float64_loss_head_keeps_float32_products_accurate_on_confident_examples():
+    # The regression: with the loss in float32, p_y - 1 and p_y (1 - p_y) cancel when p_y rounds
+    # towards 1 -- 2.9e-3 relative error at 1 - p_y ~ 3e-5 here, 9e-2 at 1e-6 -- and no float32
+    # Lanczos could honestly reach tol 1e-3; with the float64 head it is ~3e-7.
+    model = tiny_conv_net("silu")
+    with torch.no_grad():
+        model[-1].weight.mul_(10)
+        model[-1].bias.zero_()
+        model[-1].bias[0] = 12.0
+    x, _ = batch(6, dtype=torch.float32)
+    y = torch.zeros(6, dtype=torch.long)
+    with torch.no_grad():
+        assert (1 - torch.softmax(model(x).double(), 1)[:, 0]).max() < 1e-4  # confident
+    v = torch.randn(6, 32, dtype=F64, generator=torch.Generator().manual_seed(0))
+    exact = batched_input_hvp(model, x, y, dtype=F64, hvp_mode="rev-rev")(v)
+
+    def error(**kw):
+        h = batched_input_hvp(model, x, y, dtype=torch.float32, hvp_mode="rev-rev", **kw)
+        return float(((h(v.float()).double() - exact).norm(dim=1) / exact.norm(dim=1)).max())
+
+    assert error() < 2e-6
+    assert error(loss_dtype=torch.float32) > 5e-4
+    res = input_hessian_eigenvalues(model, x, y, dtype=torch.float32)
+    ref = input_hessian_eigenvalues(model, x, y, tol=1e-9)
+    assert res.converged.all()
+    assert ((res.lambda_max - ref.lambda_max).abs() <= res.lambda_max_bound).all()
+    legacy = input_hessian_eigenvalues(model, x, y, dtype=torch.float32,
+                                       loss_dtype=torch.float32)
+    assert not legacy.converged.any()  # its estimated rounding says so: no claim of tol
