@@ -93,11 +93,10 @@ import torch
 
 from curvtools.errors import BadInput
 from curvtools.krylov_bounds import polynomial_upper_bounds
+from curvtools.ritz import Relation, RitzPairs, ritz_pairs
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 STOP_RULES = ("residual", "eigenvalue")
-EIGENVALUE_SAFETY = 0.5  # the "eigenvalue" rule stops at estimate <= EIGENVALUE_SAFETY * tol
-ROUNDING_FACTOR = 2.0  # the relation's own rounding: ROUNDING_FACTOR * sqrt(m) * eps * scale
 MISS_PROBABILITY = 1e-2
 
 
@@ -159,27 +158,42 @@ class BatchedMatrix:
 
 
 class _Active:
-    """The matvec of the rows still iterating; counts the single-example products computed."""
+    """The matvec of the rows still iterating; counts the single-example products computed.
 
-    def __init__(self, matvec: Matvec, bsz: int):
+    The operator is restricted to the active rows once they are at most ``restrict_at`` of the
+    rows it holds (1.0: at every change); until then frozen rows ride along as zeros (a
+    restriction can cost a product itself: the rev-rev gradient graph is rebuilt)."""
+
+    def __init__(self, matvec: Matvec, bsz: int, restrict_at: float = 1.0):
         self.root, self.op, self.bsz = matvec, matvec, bsz
-        self.restrictable = hasattr(matvec, "restrict")
+        self.restrictable, self.restrict_at = hasattr(matvec, "restrict"), restrict_at
+        self.held: torch.Tensor | None = None  # original rows the operator holds (None: all)
         self.calls = self.products = 0
 
     def set_rows(self, rows: torch.Tensor) -> None:
         self.rows = rows
-        if self.restrictable:
-            self.op = self.root if rows.numel() == self.bsz else self.root.restrict(rows)
+        held = self.bsz if self.held is None else self.held.numel()
+        if self.restrictable and rows.numel() < held and rows.numel() <= self.restrict_at * held:
+            self.op, self.held = self.root.restrict(rows), rows
+        self.pos = rows if self.held is None else torch.searchsorted(self.held, rows)
 
     def __call__(self, q: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if self.restrictable or q.shape[0] == self.bsz:
-            self.products += q.shape[0]
+        width = self.bsz if self.held is None else self.held.numel()
+        self.products += width
+        if q.shape[0] == width:
             return self.op(q)
-        full = q.new_zeros(self.bsz, q.shape[1])  # plain matvec: always the whole batch
-        full[self.rows] = q
-        self.products += self.bsz
-        return self.op(full)[self.rows]
+        full = q.new_zeros(width, q.shape[1])  # frozen rows as zeros
+        full[self.pos] = q
+        return self.op(full)[self.pos]
+
+
+def _take_columns(basis: torch.Tensor, keep: torch.Tensor, m: int) -> torch.Tensor:
+    """``basis[keep]`` copying only the m columns written so far (the rest is written before
+    it is read)."""
+    out = basis.new_empty((keep.numel(), *basis.shape[1:]))
+    out[:, :m] = basis[keep, :m]
+    return out
 
 
 def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,129 +207,13 @@ def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, 
     return w, removed.squeeze(2)
 
 
-def _tridiagonal(alpha: torch.Tensor, beta: torch.Tensor, m: int) -> torch.Tensor:
-    """[B, m, m] symmetric tridiagonal matrix from alpha [B, >=m] and beta [B, >=m-1]."""
-    t = torch.diag_embed(alpha[:, :m])
-    if m > 1:
-        off = torch.diag_embed(beta[:, : m - 1], offset=1)
-        t = t + off + off.transpose(1, 2)
-    return t
-
-
-@dataclass
-class _Ritz:
-    """The requested pairs at one check: values [B, k] / [B], absolute bounds, relative
-    residual, estimate, bound and rounding part (max over the pairs), the two rules' verdicts,
-    ``limited`` and the eigenvectors of T of the top pairs [B, m, k]."""
-
-    top: torch.Tensor
-    smallest: torch.Tensor
-    residual: torch.Tensor
-    estimate: torch.Tensor
-    ok_eigenvalue: torch.Tensor
-    top_coeffs: torch.Tensor
-    top_bound: torch.Tensor
-    smallest_bound: torch.Tensor
-    error_bound: torch.Tensor
-    rounding: torch.Tensor
-    ok_bound: torch.Tensor
-    limited: torch.Tensor
-
-
-def _ritz_gaps(theta: torch.Tensor, abs_res: torch.Tensor) -> torch.Tensor:
-    """Guarded gap of each Ritz value (ascending theta [B, m], absolute residuals [B, m]) to its
-    neighbours: ``theta_i - (theta_{i-1} + r_{i-1})`` below and ``(theta_{i+1} - r_{i+1}) -
-    theta_i`` above, the smaller of the two, clamped at 0 (an unconverged neighbour, whose
-    eigenvalue may lie anywhere within its residual, does not count as a gap). The extreme ones
-    have one neighbour only; 0 where there is none (m == 1). A zero gap makes the estimate fall
-    back to the residual r."""
-    big = torch.full_like(theta[:, :1], float("inf"))
-    below = torch.cat([big, theta[:, 1:] - theta[:, :-1] - abs_res[:, :-1]], dim=1)
-    above = torch.cat([theta[:, 1:] - abs_res[:, 1:] - theta[:, :-1], big], dim=1)
-    gap = torch.minimum(below, above)
-    return torch.where(torch.isinf(gap), torch.zeros_like(gap), gap.clamp_min(0))
-
-
-@dataclass
-class _State:
-    """The recorded Lanczos relation of the active rows (float64): T's diagonal and
-    off-diagonal, the remainders discarded at breakdowns, the coefficient discrepancy M [B, M,
-    M] (module docstring), the running scale, and the caller's product-error estimate."""
-
-    alpha: torch.Tensor
-    beta: torch.Tensor
-    dropped: torch.Tensor
-    mismatch: torch.Tensor
-    scale: torch.Tensor
-    product_error: torch.Tensor
-
-    def take(self, keep: torch.Tensor) -> _State:
-        return _State(*(t[keep] for t in (self.alpha, self.beta, self.dropped, self.mismatch,
-                                          self.scale, self.product_error)))
-
-
-def _ritz(st: _State, m: int, k: int, want_min: bool, tol: float, eps: float) -> _Ritz:
-    """Ritz values, residuals r, bounds and estimates from m Lanczos steps (module docstring;
-    ``dropped``: the norm of the remainder a breakdown discarded at step j, 0 where none)."""
-    alpha, beta, dropped = st.alpha, st.beta, st.dropped
-    theta, s = torch.linalg.eigh(_tridiagonal(alpha, beta, m))  # ascending
-    bsz = theta.shape[0]
-    rho = theta.abs().amax(dim=1, keepdim=True)
-    lost = dropped[:, :m].clone()
-    lost[:, m - 1] += beta[:, m - 1]
-    abs_res = torch.einsum("bj,bji->bi", lost, s.abs())  # [B, m]
-    floor = torch.maximum(theta.abs(), max(1e-6, eps / tol) * rho)
-    floor = floor.clamp_min(torch.finfo(theta.dtype).tiny)
-    rel_res = abs_res / floor
-    gap = _ritz_gaps(theta, abs_res)
-    quad = torch.where(gap > 0, abs_res.square() / gap.clamp_min(torch.finfo(gap.dtype).tiny),
-                       torch.full_like(gap, float("inf")))
-    est = torch.minimum(abs_res, quad) / floor
-    ok = (est <= EIGENVALUE_SAFETY * tol) & (rel_res <= tol**0.5)
-    kk = min(k, m)
-    idx = torch.arange(m - 1, m - 1 - kk, -1, device=theta.device)
-    # the bound, for the requested pairs only: [top kk..., smallest]
-    sel = torch.cat([idx, idx.new_zeros(1)]) if want_min else idx
-    s_sel = s[:, :, sel]
-    rounding = ((st.mismatch[:, :m, :m] @ s_sel).norm(dim=1)
-                + (ROUNDING_FACTOR * m**0.5 * eps + st.product_error[:, None])
-                * st.scale[:, None])
-    bound = abs_res[:, sel] + rounding
-    # relative to |theta|, but never asking for less than twice the relation's rounding
-    floor_b = torch.maximum(theta.abs(), max(1e-6, 2 * ROUNDING_FACTOR * m**0.5 * eps / tol)
-                            * rho).clamp_min(torch.finfo(theta.dtype).tiny)[:, sel]
-    rel_bound, rel_round = bound / floor_b, rounding / floor_b
-    top = torch.full((bsz, k), float("nan"), dtype=theta.dtype, device=theta.device)
-    top[:, :kk] = theta[:, idx]
-    top_bound = torch.full_like(top, float("nan"))
-    top_bound[:, :kk] = bound[:, :kk]
-    coeffs = torch.zeros(bsz, m, k, dtype=s.dtype, device=s.device)
-    coeffs[:, :, :kk] = s[:, :, idx]
-    residual = rel_res[:, idx].amax(dim=1)
-    estimate = est[:, idx].amax(dim=1)
-    ok_all = ok[:, idx].all(dim=1)
-    smallest = torch.full((bsz,), float("nan"), dtype=theta.dtype, device=theta.device)
-    smallest_bound = torch.full_like(smallest, float("nan"))
-    if want_min:
-        smallest, smallest_bound = theta[:, 0], bound[:, -1]
-        residual = torch.maximum(residual, rel_res[:, 0])
-        estimate = torch.maximum(estimate, est[:, 0])
-        ok_all = ok_all & ok[:, 0]
-    error_bound, worst_rounding = rel_bound.amax(dim=1), rel_round.amax(dim=1)
-    # rounding alone over tol, and the residual already below it: more steps cannot help
-    limited = ((rel_round > tol) & (abs_res[:, sel] <= rounding)).any(dim=1)
-    if kk < k:  # fewer Ritz pairs than requested: not converged yet (a restart adds more)
-        residual = torch.full_like(residual, float("inf"))
-        estimate = torch.full_like(estimate, float("inf"))
-        error_bound = torch.full_like(error_bound, float("inf"))
-        ok_all = torch.zeros_like(ok_all)
-        limited = torch.zeros_like(limited)
-    return _Ritz(top, smallest, residual, estimate, ok_all, coeffs, top_bound, smallest_bound,
-                 error_bound, worst_rounding, error_bound <= tol, limited)
-
-
 def _check_options(v0: torch.Tensor, k: int, tol: float, max_iter: int, check_every: int,
-                   which: tuple[str, ...], stop: str, miss_probability: float) -> None:
+                   which: tuple[str, ...], stop: str, miss_probability: float,
+                   compact: bool | float) -> None:
+    if not (isinstance(compact, bool) or (isinstance(compact, int | float)
+                                          and 0 < compact <= 1)):
+        raise BadInput(f"compact={compact!r} is not allowed: use True, False or a fraction in "
+                       "(0, 1]")
     if v0.ndim != 2 or v0.shape[1] < 1:
         raise BadInput(f"start vectors must be [B, n]; got {tuple(v0.shape)}")
     if not v0.is_floating_point():
@@ -356,7 +254,7 @@ class _Outputs:
                                                for _ in range(3))
         self.vectors = torch.zeros(bsz, k, n, dtype=work, device=dev) if vectors else None
 
-    def write(self, rows, freeze, ritz: _Ritz, limited, m: int, basis, st: _State) -> None:
+    def write(self, rows, freeze, ritz: RitzPairs, limited, m: int, basis, st: Relation) -> None:
         """Copy the data of the active rows where ``freeze`` into the original positions."""
         def put(out, new):
             mask = freeze.view(-1, *([1] * (new.ndim - 1)))
@@ -397,7 +295,7 @@ def batched_lanczos(
     max_iter: int = 100,
     check_every: int = 1,
     stop: str = "residual",
-    compact: bool = True,
+    compact: bool | float = True,
     return_vectors: bool = False,
     generator: torch.Generator | None = None,
     product_error: torch.Tensor | float = 0.0,
@@ -411,14 +309,16 @@ def batched_lanczos(
     is the working dtype of the basis. ``which``: ``("max",)`` or ``("max", "min")``. ``k``: how
     many of the largest eigenvalues. ``tol``: relative accuracy; ``stop``: ``"residual"`` (freeze
     once the error bound is <= tol) or ``"eigenvalue"`` (the former estimate rule). ``max_iter``
-    is capped at n. ``compact``: drop frozen examples from the active batch at each check.
+    is capped at n. ``compact``: drop frozen examples from the active batch at each check (a
+    number f in (0, 1): restrict the operator only once the active rows are at most f of those it
+    holds, frozen rows riding along as zeros until then; True: at every check).
     ``generator`` seeds the restart vectors drawn after a breakdown. ``product_error``: an
     estimate of the products' own error relative to the operator's scale (``||computed A v -
     A v|| <= product_error * ||A||`` for a unit v), per example [B] or one number; times the
     running scale of T, it is added to every bound. ``miss_probability``: delta of
     ``largest_upper`` / ``smallest_lower``.
     """
-    _check_options(v0, k, tol, max_iter, check_every, which, stop, miss_probability)
+    _check_options(v0, k, tol, max_iter, check_every, which, stop, miss_probability, compact)
     bsz, n = v0.shape
     dev, work = v0.device, v0.dtype
     f64 = torch.float64
@@ -432,10 +332,10 @@ def batched_lanczos(
     tiny = torch.finfo(work).tiny
 
     rows = torch.arange(bsz, device=dev)
-    op = _Active(matvec, bsz)
+    op = _Active(matvec, bsz, 1.0 if compact is True else float(compact))
     op.set_rows(rows)
     basis = torch.zeros(bsz, m_cap, n, dtype=work, device=dev)
-    st = _State(*(torch.zeros(bsz, m_cap, dtype=f64, device=dev) for _ in range(3)),
+    st = Relation(*(torch.zeros(bsz, m_cap, dtype=f64, device=dev) for _ in range(3)),
                 torch.zeros(bsz, m_cap, m_cap, dtype=f64, device=dev),
                 torch.zeros(bsz, dtype=f64, device=dev),
                 torch.as_tensor(product_error, dtype=f64, device=dev).expand(bsz).clone())
@@ -471,7 +371,7 @@ def batched_lanczos(
         m = j + 1
         if m % check_every and m != m_cap:
             continue
-        ritz = _ritz(st, m, k, want_min, tol, eps)
+        ritz = ritz_pairs(st, m, k, want_min, tol, eps)
         if stop == "residual":
             limited = ritz.limited & ~ritz.ok_bound
             ok = ritz.ok_bound | limited
@@ -489,7 +389,7 @@ def batched_lanczos(
         if keep.numel() == 0:
             break
         if keep.numel() < rows.numel():
-            rows, basis, st = rows[keep], basis[keep], st.take(keep)
+            rows, basis, st = rows[keep], _take_columns(basis, keep, m), st.take(keep, m)
             q, done = q[keep], done[keep]
             op.set_rows(rows)
     upper, lower = out.extreme_bounds(n, want_min, miss_probability)

@@ -150,7 +150,7 @@ def input_hessian_eigenvalues(
     seed: int = 0,
     return_vectors: bool = False,
     stop: str = "residual",
-    compact: bool = True,
+    compact: bool | float = 0.5,
     hvp_mode: str = "rev-rev",
     miss_probability: float = MISS_PROBABILITY,
     loss_dtype: torch.dtype = torch.float64,
@@ -172,8 +172,11 @@ def input_hessian_eigenvalues(
     former default, an estimate: ``min(r, r^2/gap) <= tol/2``; :mod:`curvtools.lanczos`);
     ``max_iter``: products per example at most (capped at the input dimension);
     ``check_every``: iterations between convergence checks (the only host synchronizations; 1
-    by default since 2026-12-06, it was 2); ``compact``: drop frozen examples from the batch at
-    each check; ``hvp_mode``: ``"fwd-rev"`` or ``"rev-rev"`` (:mod:`curvtools.hvp`);
+    by default since 2026-12-06, it was 2); ``compact``: drop frozen examples from the
+    Lanczos batch at each check, and restrict the Hessian to the active ones once they are at
+    most half of those it holds (0.5, since 2026-12-06; True: at every change, the former
+    default -- each restriction rebuilds the rev-rev gradient graph, about one product);
+    ``hvp_mode``: ``"fwd-rev"`` or ``"rev-rev"`` (:mod:`curvtools.hvp`);
     ``miss_probability``: delta of ``lambda_max_upper`` / ``lambda_min_lower``; ``loss_dtype``:
     the precision of the loss computed from the logits (float64; ``torch.float32`` with
     ``dtype=torch.float32`` reproduces the products before 2026-12-06, whose rounding then

@@ -433,3 +433,34 @@ def test_kuczynski_wozniakowski_a_priori_bound_holds_empirically(spectrum):
         bound = kw_failure_probability(n, steps, eps)
         assert failure <= bound, (steps, failure, bound)
     assert kw_failure_probability(n, 20, eps) < 1  # the check above was not vacuous
+
+
+def test_restricting_the_operator_at_half_gives_the_same_results_and_counts_its_padding():
+    # compact=0.5: the operator keeps frozen rows as zeros until the active ones are at most
+    # half of those it holds (each restriction of a rev-rev Hessian rebuilds its graph)
+    a = torch.cat([_random_symmetric(3, 40, seed=21),
+                   _with_spectrum(torch.tensor([[9.0, 1.0] + [0.0] * 38], dtype=F64).repeat(5, 1),
+                                  seed=22)])
+    v0 = torch.randn(8, 40, dtype=F64, generator=torch.Generator().manual_seed(23))
+    calls = []
+
+    class Counting(BatchedMatrix):
+        def restrict(self, rows):
+            calls.append(rows.numel())
+            return Counting(self.a[rows])
+
+    def run(compact):
+        calls.clear()
+        return batched_lanczos(Counting(a), v0, tol=1e-8, max_iter=40, compact=compact,
+                               generator=torch.Generator().manual_seed(0)), list(calls)
+
+    (every, every_calls), (half, half_calls) = run(True), run(0.5)
+    for field in ("top", "smallest", "top_bound", "iterations", "converged"):
+        torch.testing.assert_close(getattr(half, field), getattr(every, field), rtol=1e-10,
+                                   atol=1e-12)
+    assert len(half_calls) < len(every_calls)
+    sizes = [8, *half_calls]
+    assert all(b <= a_ / 2 for a_, b in zip(sizes, sizes[1:], strict=False))
+    assert every.products == int(every.iterations.sum()) < half.products
+    with pytest.raises(BadInput, match="compact"):
+        batched_lanczos(BatchedMatrix(a), v0, compact=1.5)
