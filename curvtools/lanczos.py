@@ -44,8 +44,8 @@ no a-posteriori test can see; :mod:`curvtools.krylov_bounds` bounds its probabil
 (``largest_upper``, ``smallest_lower``: valid with probability ``1 - miss_probability``).
 Relative values are taken against the floor ``phi = max(|theta|, max(1e-6, c / tol) * rho)``
 (rho: the largest |Ritz value| of that example; c = eps, the working dtype's machine epsilon,
-for the estimate and r, ``4 sqrt(m) eps`` for the bound, twice its rounding term; the floor
-keeps an exactly-zero eigenvalue of a ReLU net from dividing by zero).
+for the estimate and r; for the bound, twice its rounding part, ``c / tol`` capped at 0.1; the
+floor keeps an exactly-zero eigenvalue of a ReLU net from dividing by zero).
 
 ``converged`` means ``bound <= tol * phi`` for every requested pair (the k largest, and the
 smallest if asked), under either stop rule: a converged example's value is proven within tol of

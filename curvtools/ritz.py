@@ -108,9 +108,13 @@ def ritz_pairs(st: Relation, m: int, k: int, want_min: bool, tol: float, eps: fl
                 + (ROUNDING_FACTOR * m**0.5 * eps + st.product_error[:, None])
                 * st.scale[:, None])
     bound = abs_res[:, sel] + rounding
-    # relative to |theta|, but never asking for less than twice the relation's rounding
-    floor_b = torch.maximum(theta.abs(), max(1e-6, 2 * ROUNDING_FACTOR * m**0.5 * eps / tol)
-                            * rho).clamp_min(torch.finfo(theta.dtype).tiny)[:, sel]
+    # relative to |theta|; an eigenvalue small beside rho is judged against a floor that asks
+    # for no less than twice the rounding part (the floor at most rho / 10: beyond that, tol is
+    # out of reach and said so)
+    unit = (ROUNDING_FACTOR * m**0.5 * eps + st.product_error) / tol
+    factor = (2 * unit).clamp(1e-6, 0.1)[:, None]
+    floor_b = torch.maximum(theta.abs(), factor * rho).clamp_min(
+        torch.finfo(theta.dtype).tiny)[:, sel]
     rel_bound, rel_round = bound / floor_b, rounding / floor_b
     top = torch.full((bsz, k), float("nan"), dtype=theta.dtype, device=theta.device)
     top[:, :kk] = theta[:, idx]

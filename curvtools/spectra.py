@@ -15,11 +15,12 @@ bound is at most ``tol`` relative, and an example that did not get there (iterat
 from the Krylov space, which ``lambda_max_upper`` bounds with probability ``1 -
 miss_probability`` over the random start (:mod:`curvtools.krylov_bounds`).
 
-Precision: float64 by default (a change from float32 on 2026-12-06: float32 products of the
-cross-entropy carry about 1e-3 relative error on confidently classified examples, where ``p_y``
-rounds towards 1, so a float32 result could not honestly claim tol 1e-3). ``dtype=float32`` is
-~1.5-2x faster and fine for distributions; its bound includes the rounding the products show
-(their asymmetry in the Krylov space) and flags examples it limits.
+Precision: float64 by default (a change from float32 on 2026-12-06), so that every bound is
+proven up to float64 rounding. ``dtype=float32`` is 1.6x (H200) to 4x (a CPU) faster and,
+with the loss computed from the logits in float64 (``loss_dtype``, the default), accurate to
+about 1e-6 relative (the float32 loss erred up to 1e-3 on confidently classified examples, where
+``p_y`` rounds towards 1); its bounds add an ESTIMATE of the products' error
+(:data:`PRODUCT_ERROR_EPS`) and flag the examples it keeps from tol (``limited``).
 
 Example::
 
@@ -165,8 +166,8 @@ def input_hessian_eigenvalues(
     :class:`BadInput`), ``y`` [B] integer labels. ``function``: ``"ce"`` (cross-entropy at the
     true label), ``"margin"`` (true logit minus the largest other logit, the runner-up fixed at
     x) or ``"neg_margin"`` (its negative, Lemma 1's f). ``dtype``: float64 (the default since
-    2026-12-06; it was float32) or float32 (faster; its rounding, ~1e-3 relative on confidently
-    classified examples, flags the examples it keeps from tol). ``tol``: relative accuracy;
+    2026-12-06; it was float32) or float32 (faster; ~1e-6 relative error with the float64 loss
+    head, an estimate of which its bounds include). ``tol``: relative accuracy;
     ``stop``: ``"residual"`` (the default since 2026-12-06: freeze an example once its error
     bound is <= tol, or when rounding keeps it from getting there) or ``"eigenvalue"`` (the
     former default, an estimate: ``min(r, r^2/gap) <= tol/2``; :mod:`curvtools.lanczos`);
