@@ -10,7 +10,8 @@ never a run cut short.
    settings trained side by side for 2 epochs (the second with the input-Hessian measurement when
    the run takes one), in a scratch folder that is deleted afterwards, then one Final Test on a
    probe checkpoint. A job's predicted seconds: ``SAFETY * (probe wall + (epochs - 2) * slowest
-   probe's last epoch + 2 * Final Test wall * jobs running then)``.
+   probe's last epoch + 2 * Final Test wall * parallel)`` (the probe's epochs ran side by side
+   already; its Final Test ran alone, and may share the machine with ``parallel`` jobs).
 3. Schedule: ``--parallel`` slots. A job starts only if ``now + predicted <= limit - reserve``;
    otherwise it is not started (said in the log and the summary). A job once started runs to the
    end of its schedule: nothing here ever stops a process.
@@ -106,7 +107,8 @@ class Scheduler:
             while pending and len(running) < self.parallel:
                 job = pending.pop(0)
                 now = self.clock()
-                job.predicted_s = round(self.estimate.seconds(job, len(running) + 1), 1)
+                # Final Tests may run beside up to `parallel` jobs while this one runs
+                job.predicted_s = round(self.estimate.seconds(job, self.parallel), 1)
                 left = self.deadline_s - now
                 if job.predicted_s > left:
                     job.status = "not_started"
