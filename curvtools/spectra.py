@@ -49,7 +49,7 @@ from curvtools.lanczos import MISS_PROBABILITY, STOP_RULES, batched_lanczos
 # by the precision of the loss head (an ESTIMATE added to every bound, not a bound): measured on
 # a trained digits PreActResNet-18 (top eigenvectors of 32 test images against float64), at
 # most 20 eps with the float64 head and 9,200 eps with a float32 one; kept with margins.
-PRODUCT_ERROR_EPS = {torch.float64: 64.0, torch.float32: 2e4}
+PRODUCT_ERROR_EPS = {torch.float64: 64.0, torch.float32: 2e4}  # keyed by the loss's dtype
 
 
 @dataclass
@@ -194,12 +194,14 @@ def input_hessian_eigenvalues(
         op = InputHessian(model, x, y, function=function, dtype=dtype, hvp_mode=hvp_mode,
                           loss_dtype=loss_dtype)
         v0 = torch.randn(op.batch, op.n, dtype=dtype, device=x.device, generator=generator)
-        head = torch.float64 if torch.float64 in (dtype, loss_dtype) else torch.float32
+        # a float32 loss rounds like float32, whatever the products' dtype
+        head = torch.float32 if loss_dtype == torch.float32 else torch.float64
+        eps = torch.finfo(torch.float32 if head == torch.float32 else dtype).eps
         res = batched_lanczos(op, v0, k=k, which=tuple(which), tol=tol, max_iter=max_iter,
                               check_every=check_every, stop=stop, compact=compact,
                               return_vectors=return_vectors, generator=generator,
                               miss_probability=miss_probability,
-                              product_error=PRODUCT_ERROR_EPS[head] * torch.finfo(dtype).eps)
+                              product_error=PRODUCT_ERROR_EPS[head] * eps)
     cpu = torch.device("cpu")
 
     def host(t):

@@ -387,3 +387,5 @@ def test_the_float64_loss_head_keeps_float32_products_accurate_on_confident_exam
     legacy = input_hessian_eigenvalues(model, x, y, dtype=torch.float32,
                                        loss_dtype=torch.float32)
     assert not legacy.converged.any()  # its estimated rounding says so: no claim of tol
+    # a float32 loss rounds like float32 even on float64 products
+    assert not input_hessian_eigenvalues(model, x, y, loss_dtype=torch.float32).converged.any()
