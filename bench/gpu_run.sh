@@ -13,12 +13,18 @@
 #   SECTIONS=cifar CIFAR_ARGS=--compile bash bench/gpu_run.sh   # extra harness train options
 #   SECTIONS=tests,precision,speed SPEED_PARTS=env,flops,ours_epoch,equality bash bench/gpu_run.sh
 #                                                          # the next call: fp16 attack fix on a GPU
+#   SECTIONS=fulltest bash bench/gpu_run.sh                # lambda_max and lambda_min (float64,
+#       with error bounds) of all 10,000 CIFAR-10 test images, full-width PreActResNet-18 trained
+#       200 SGD steps here (FULLTEST_CKPT=path: a checkpoint instead); goal under 2 minutes.
+#       Needs the CIFAR-10 data (below). FULLTEST_LIMIT_S (150) stops starting batches after that
+#       many Hessian seconds; FULLTEST_BATCH (500, halved on running out of memory).
 #
 # Data: the CIFAR-10 JPEG copy, from bench_data/cifar10-jpg.tar.gz when it travels with the call
 #   (tar czf bench_data/cifar10-jpg.tar.gz -C ../shared/data cifar10-jpg   # ~20 MB)
 # or from $GPU_DATA; without it the equality runs use digits and the CIFAR run is skipped.
 # Writes into $OUT: nvidia_smi.txt, pytest_cuda.txt, gpu_speed.json/.log, hessian_*.json,
-# cifar_run/ (config.json, metrics.jsonl), compile/gpu_speed.json, attack_precision.json.
+# cifar_run/ (config.json, metrics.jsonl), compile/gpu_speed.json, attack_precision.json,
+# full_test_hessian.json/.log.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out}"
@@ -82,13 +88,32 @@ fi
 
 if want hessian; then
     echo "[gpu_run] $(elapsed) s: Hessian"
-    # the library defaults, the behaviour before compaction and the new stop rule, and the new
-    # rule with forward-over-reverse HVPs; per-example power iteration (PyHessian) beside them
+    # the library defaults (stop on the error bound, float64), the former defaults (stop on the
+    # estimate, check every 2) in float64 and float32, the bound rule in float32; per-example
+    # power iteration (PyHessian) beside them; every row checked against the float64 reference
     timeout -k 5 130 "$PY" bench/hessian_bench.py --n 256 --batch 256 --width 1.0 \
-        --train-steps 400 --dtype float64 --methods lanczos,power,power_oracle \
-        --lanczos-configs "residual/5/nocompact/fwd-rev,eigenvalue/2/compact/fwd-rev" \
+        --train-steps 400 --dtype float64 --methods lanczos,lanczos_old,power,power_oracle \
+        --lanczos-configs "eigenvalue/2/always/rev-rev/float32/same,residual/1/compact/rev-rev/float32" \
         --json "$OUT/hessian_f64.json" > "$OUT/hessian_f64.log" 2>&1
     tail -c 300 "$OUT/hessian_f64.log"
+fi
+
+if want fulltest; then
+    ft=(--batch "${FULLTEST_BATCH:-500}" --limit-s "${FULLTEST_LIMIT_S:-150}"
+        --json "$OUT/full_test_hessian.json")
+    if [ -n "${FULLTEST_CKPT:-}" ]; then
+        ft+=(--ckpt "$FULLTEST_CKPT")
+    elif [ -n "$DATA" ]; then
+        ft+=(--data "imagefolder:$DATA" --train-steps 200 --train-images 10000)
+    fi
+    if [ -n "${FULLTEST_CKPT:-}" ] || [ -n "$DATA" ]; then
+        echo "[gpu_run] $(elapsed) s: input-Hessian spectra of the whole CIFAR-10 test set"
+        timeout -k 10 $(( ${FULLTEST_LIMIT_S:-150} + 150 )) "$PY" bench/full_test_hessian.py \
+            "${ft[@]}" > "$OUT/full_test_hessian.log" 2>&1
+        tail -4 "$OUT/full_test_hessian.log"
+    else
+        echo "[gpu_run] fulltest skipped: no CIFAR-10 data (carry bench_data/cifar10-jpg.tar.gz)"
+    fi
 fi
 
 if want compile; then

@@ -1,13 +1,17 @@
-"""Input-Hessian lambda_max per example: batched Lanczos vs per-example power iteration vs eigsh.
+"""Input-Hessian lambda_max per example: batched Lanczos vs per-example power iteration vs eigsh,
+every row checked against a float64 reference, bounds included.
 
-Same net, same test images, target 1e-3 relative accuracy per example. Methods:
+Same net, same test images, target ``--tol`` (1e-3) relative accuracy per example. Methods:
 
-- ``lanczos``: :func:`curvtools.spectra.input_hessian_eigenvalues` (batched HVPs, batched
-  Lanczos, tol 1e-3, converged examples dropped from the batch, eigenvalue-error stop rule:
-  the library defaults), batches of ``--batch``; ``--stop``, ``--check-every``,
-  ``--no-compact`` and ``--hvp-mode`` change it, and ``--lanczos-configs`` adds one row per
-  configuration (e.g. ``residual/5/nocompact`` is the behaviour before compaction and the
-  eigenvalue rule);
+- ``lanczos``: :func:`curvtools.spectra.input_hessian_eigenvalues` with the library's defaults
+  (stop once the error bound is <= tol, a check every step, the float64 loss head, the Hessian
+  restricted to the active examples once they are half of those it holds), in ``--dtype``;
+  ``--stop``, ``--check-every``, ``--compact``, ``--hvp-mode`` change it;
+- ``lanczos_old``: the library's behaviour before 2026-12-06 (stop on the estimate
+  ``min(r, r^2/gap) <= tol/2``, a check every 2 steps, the loss in the working precision,
+  restriction at every check) -- what ``harness train --hessian-every`` still runs;
+- ``--lanczos-configs STOP/CHECK/compact|always|nocompact[/HVP_MODE[/DTYPE[/LOSS]]],...`` adds rows
+  (e.g. ``residual/1/compact/rev-rev/float64``: the bound rule in float64);
 - ``power``: per-example power iteration with double backward, the PyHessian method
   (``autograd.grad(create_graph=True)`` once, then ``grad(g . v)`` per step; stop when the
   Rayleigh quotient changes by < tol relative), one example at a time;
@@ -16,9 +20,14 @@ Same net, same test images, target 1e-3 relative accuracy per example. Methods:
 - ``eigsh``: ``scipy.sparse.linalg.eigsh(which="LA", k=1, tol=1e-3)`` per example, with the same
   double-backward HVP as a LinearOperator.
 
-Reference: float64 batched Lanczos with Ritz residual <= 1e-9 (max_iter = input dimension, i.e.
-exact when run to the end). "wrong eigenvalue": the estimate is closer to lambda_min than to
-lambda_max, i.e. the method returned the most negative eigenvalue.
+Reference: float64 batched Lanczos stopped at an error bound <= 1e-9 (max_iter = input dimension,
+i.e. exact when run to the end). Columns of a Lanczos row besides time, products and errors:
+``share_converged`` (error bound <= tol), ``share_error_exceeds_bound`` (|value - reference| >
+bound + the reference's bound: a bound that failed; must be 0), ``converged_but_outside_tol``,
+``error_over_estimate_max`` (the former estimate against the true error: > 1 where it failed),
+``share_above_probabilistic_upper`` (the reference above ``lambda_max_upper``). "wrong
+eigenvalue": the estimate is closer to lambda_min than to lambda_max. ``--repeat N`` times the
+Lanczos rows N times, interleaved, and reports the median.
 
 The net: ``--ckpt PATH`` (a harness checkpoint; images from its test set) or, by default, a
 PreActResNet-18 of ``--width`` with ``--act`` trained for ``--train-steps`` SGD steps on ``--data``
@@ -27,7 +36,8 @@ the CIFAR-10 JPEG copy, 3x32x32, a random subset of ``--train-images`` training
 images), or random-init with ``--train-steps 0`` (then the output says so). Prints one JSON
 object; ``--json PATH`` also writes it to a file.
 
-    python bench/hessian_bench.py --n 64 --width 0.25 --train-steps 150 --threads 2
+    python bench/hessian_bench.py --n 64 --batch 64 --width 0.25 --train-steps 300 --threads 1 \
+        --dtype float32 --methods lanczos_old,lanczos,power,eigsh --repeat 3
 """
 
 from __future__ import annotations
@@ -125,41 +135,53 @@ def double_backward_hvp(model, x1, y1):
 
 
 def lanczos_config(text: str) -> dict:
-    """``STOP/CHECK_EVERY/compact|nocompact[/HVP_MODE]`` -> keyword arguments of the library."""
+    """``STOP/CHECK_EVERY/compact|always|nocompact[/HVP_MODE[/DTYPE[/LOSS]]]`` -> keyword
+    arguments of the library (compact: restrict at half, the default; always: at every check,
+    as before 2026-12-06; DTYPE: float32 or float64, default ``--dtype``; LOSS: the loss head's
+    precision, float64 (default) or same (the working dtype, as before 2026-12-06))."""
     parts = text.split("/")
-    if len(parts) not in (3, 4) or parts[2] not in ("compact", "nocompact"):
-        raise SystemExit(f"--lanczos-configs entry {text!r}: use STOP/CHECK_EVERY/compact|"
-                         "nocompact[/HVP_MODE], e.g. residual/5/nocompact")
-    out = {"stop": parts[0], "check_every": int(parts[1]), "compact": parts[2] == "compact"}
-    if len(parts) == 4:
-        out["hvp_mode"] = parts[3]
+    modes = {"compact": 0.5, "always": True, "nocompact": False}
+    if len(parts) not in (3, 4, 5, 6) or parts[2] not in modes:
+        raise SystemExit(f"--lanczos-configs entry {text!r}: use STOP/CHECK_EVERY/compact|always|"
+                         "nocompact[/HVP_MODE[/DTYPE[/LOSS]]], e.g. residual/5/nocompact")
+    out = {"stop": parts[0], "check_every": int(parts[1]), "compact": modes[parts[2]]}
+    for key, value in zip(("hvp_mode", "dtype", "loss_dtype"), parts[3:], strict=False):
+        out[key] = value
     return out
 
 
+# The library's behaviour until 2026-12-06 (what harness train --hessian-every still uses): stop
+# on the estimate, a check every 2 steps, the loss in the working precision.
+OLD_RULE = {"stop": "eigenvalue", "check_every": 2, "loss_dtype": "same", "compact": True}
+
+
 def run_lanczos(model, x, y, args, device, config=None):
-    """Batched Lanczos in batches of ``--batch``; ``config`` overrides stop/check/compact/mode."""
+    """Batched Lanczos in batches of ``--batch``; ``config`` overrides stop/check/compact/mode/
+    dtype."""
     options = {"stop": args.stop, "check_every": args.check_every, "compact": args.compact,
-               "hvp_mode": args.hvp_mode, **(config or {})}
+               "hvp_mode": args.hvp_mode, "dtype": args.dtype, "loss_dtype": "float64",
+               **(config or {})}
+    loss = options["dtype"] if options["loss_dtype"] == "same" else options["loss_dtype"]
     _sync(device)
     start = time.perf_counter()
-    lam, iters, conv, est, work, calls = [], [], [], [], 0, 0
+    keys = ("lambda_max", "lambda_max_bound", "lambda_max_upper", "iterations", "converged",
+            "limited", "error_estimate")
+    parts = {k: [] for k in keys}
+    work = calls = 0
     for lo in range(0, len(y), args.batch):
         res = input_hessian_eigenvalues(model, x[lo : lo + args.batch], y[lo : lo + args.batch],
-                                        tol=args.tol, max_iter=args.max_iter,
-                                        dtype=DTYPES[args.dtype], seed=args.seed,
+                                        tol=args.tol, max_iter=args.max_iter, seed=args.seed,
                                         which=("max",) if args.which == "max" else ("max", "min"),
-                                        **options)
-        lam.append(res.lambda_max.numpy())
-        iters.append(res.iterations.numpy())
-        conv.append(res.converged.numpy())
-        est.append(res.error_estimate.numpy())
+                                        **{**options, "dtype": DTYPES[options["dtype"]],
+                                           "loss_dtype": DTYPES[loss]})
+        for k in keys:
+            parts[k].append(getattr(res, k).numpy())
         work += res.hvps_computed
         calls += res.hvp_batches
     _sync(device)
-    return {"seconds": time.perf_counter() - start, "lambda_max": np.concatenate(lam),
-            "hvps_per_example": np.concatenate(iters), "hvps_computed": work,
-            "batched_calls": calls, "converged": np.concatenate(conv),
-            "error_estimate": np.concatenate(est), "options": options}
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    return {"seconds": time.perf_counter() - start, "hvps_per_example": out.pop("iterations"),
+            "hvps_computed": work, "batched_calls": calls, "options": options, **out}
 
 
 def run_power(model, x, y, args, device, oracle=None):
@@ -220,25 +242,37 @@ def run_eigsh(model, x, y, args, device):
             "hvps_per_example": np.array(calls), "hvps_computed": int(np.sum(calls))}
 
 
-def summarize(name, out, ref_max, ref_min):
-    err = np.abs(out["lambda_max"] - ref_max) / np.maximum(np.abs(ref_max), 1e-30)
+def summarize(name, out, ref_max, ref_min, ref_bound, tol):
+    """One row of the table. With bounds (Lanczos rows): is the reported bound a bound? The true
+    error of a value is at most ``|value - reference| + reference bound`` away from what the
+    row compares, so an error above ``bound + reference bound`` is a bound that failed."""
+    abs_err = np.abs(out["lambda_max"] - ref_max)
+    err = abs_err / np.maximum(np.abs(ref_max), 1e-30)
     wrong = np.abs(out["lambda_max"] - ref_min) < np.abs(out["lambda_max"] - ref_max)
     row = {"method": name, "seconds": round(out["seconds"], 3),
            "hvps_per_example_mean": float(np.mean(out["hvps_per_example"])),
            "hvps_computed": int(out["hvps_computed"]),
            "rel_err_median": float(np.median(err)), "rel_err_max": float(np.max(err)),
-           "share_within_1e-3": float(np.mean(err <= 1e-3)),
+           "share_within_tol": float(np.mean(err <= tol)),
            "wrong_eigenvalue_count": int(np.sum(wrong))}
     if "converged" in out:
+        bound = out["lambda_max_bound"]
         row["share_converged"] = float(np.mean(out["converged"]))
+        row["share_limited"] = float(np.mean(out["limited"]))
         row["batched_calls"] = int(out["batched_calls"])
-        row["error_estimate_max"] = float(np.max(out["error_estimate"]))
-        # Is the reported estimate an upper bound of the true error? (share where it is)
-        row["share_estimate_bounds_error"] = float(np.mean(err <= out["error_estimate"] * 1.0001
-                                                           + 1e-15))
-        # How far the estimate falls short of the true error, worst example (<= 1: a bound).
+        row["rel_bound_max"] = float(np.max(bound / np.maximum(np.abs(out["lambda_max"]),
+                                                                1e-300)))
+        row["share_error_exceeds_bound"] = float(np.mean(abs_err > bound + ref_bound))
+        row["error_over_bound_max"] = float(np.max(abs_err / np.maximum(bound, 1e-300)))
+        # converged and yet off by more than tol: what a bound must never let through
+        row["converged_but_outside_tol"] = int(np.sum(out["converged"] & (err > tol)))
+        # the former figure of merit: the estimate against the true error (< 1: it held)
         row["error_over_estimate_max"] = float(np.max(err / np.maximum(out["error_estimate"],
                                                                       1e-300)))
+        upper = out["lambda_max_upper"]
+        row["share_above_probabilistic_upper"] = float(np.mean(ref_max > upper + ref_bound))
+        row["probabilistic_upper_rel_median"] = float(np.median(
+            (upper - out["lambda_max"]) / np.maximum(np.abs(out["lambda_max"]), 1e-300)))
         row["options"] = out["options"]
     return row
 
@@ -259,21 +293,25 @@ def main() -> None:
     p.add_argument("--train-steps", type=int, default=300, help="SGD steps on digits (0: random)")
     p.add_argument("--tol", type=float, default=1e-3, help="target relative accuracy")
     p.add_argument("--max-iter", type=int, default=100, help="Lanczos iteration cap")
-    p.add_argument("--stop", choices=["eigenvalue", "residual"], default="eigenvalue",
-                   help="Lanczos stop rule (estimated eigenvalue error or Ritz residual)")
-    p.add_argument("--check-every", type=int, default=2, help="Lanczos iterations per check")
-    p.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
-                   help="drop converged examples from the Lanczos batch")
+    p.add_argument("--stop", choices=["residual", "eigenvalue"], default="residual",
+                   help="stop rule of the 'lanczos' row: the error bound (the library's "
+                   "default) or the former estimate")
+    p.add_argument("--check-every", type=int, default=1, help="Lanczos iterations per check")
+    p.add_argument("--compact", type=float, default=0.5, help="restrict the Hessian to the "
+                   "active examples once they are at most this fraction of those it holds (the "
+                   "library's default 0.5; 1: at every check, as before 2026-12-06)")
     p.add_argument("--hvp-mode", choices=["fwd-rev", "rev-rev"], default="rev-rev",
                    help="Lanczos HVPs: jvp of grad, or double backward on a kept graph")
     p.add_argument("--lanczos-configs", type=str, default="",
                    help="extra Lanczos rows, comma list of STOP/CHECK_EVERY/compact|nocompact"
-                   "[/HVP_MODE], e.g. residual/5/nocompact,eigenvalue/3/compact")
+                   "[/HVP_MODE[/DTYPE]], e.g. residual/1/compact/rev-rev/float32")
     p.add_argument("--json", type=str, default=None, help="also write the JSON to this file")
     p.add_argument("--power-max-iter", type=int, default=300, help="power iteration cap")
     p.add_argument("--ref-max-iter", type=int, default=256, help="reference Lanczos cap")
-    p.add_argument("--methods", type=str, default="lanczos,power,power_oracle,eigsh",
-                   help="comma list of lanczos, power, power_oracle, eigsh")
+    p.add_argument("--methods", type=str, default="lanczos,lanczos_old,power,power_oracle,eigsh",
+                   help="comma list of lanczos (the library's defaults), lanczos_old (the "
+                   "defaults until 2026-12-06: stop on the estimate, check every 2), power, "
+                   "power_oracle, eigsh")
     p.add_argument("--which", choices=["max", "both"], default="max",
                    help="Lanczos convergence on lambda_max only (like power iteration) or on "
                    "lambda_max and lambda_min")
@@ -282,6 +320,8 @@ def main() -> None:
     p.add_argument("--device", type=str, default=None, help="cpu or cuda (default: auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--repeat", type=int, default=1, help="timing rounds of the Lanczos rows "
+                   "(interleaved; the median is reported)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -290,17 +330,21 @@ def main() -> None:
     model, x, y, label = (checkpoint_model if args.ckpt else digits_model)(args, device)
     n_dim = x[0].numel()
     # Warm-up (one-time imports and kernel selection) outside the timings.
-    input_hessian_eigenvalues(model, x[:2], y[:2], tol=1e-1, max_iter=5)
+    input_hessian_eigenvalues(model, x[:2], y[:2], tol=1e-1, max_iter=5,
+                              dtype=DTYPES[args.dtype])
     double_backward_hvp(model, x[:1], y[:1])(torch.ones(n_dim, device=device))
 
     ref = input_hessian_eigenvalues(model, x, y, tol=1e-9, max_iter=min(n_dim, args.ref_max_iter),
                                     dtype=torch.float64, seed=args.seed + 1, stop="residual")
     ref_max, ref_min = ref.lambda_max.numpy(), ref.lambda_min.numpy()
+    ref_bound = ref.lambda_max_bound.numpy()
+
     def run_power_oracle(*a):
         return run_power(*a, oracle=ref_max)
 
     runners = {"lanczos": run_lanczos, "power": run_power, "power_oracle": run_power_oracle,
-               "eigsh": run_eigsh}
+               "eigsh": run_eigsh,
+               "lanczos_old": lambda *a: run_lanczos(*a, config=OLD_RULE)}
     methods = [m for m in args.methods.split(",") if m]
     for text in filter(None, args.lanczos_configs.split(",")):
         config = lanczos_config(text)
@@ -308,11 +352,23 @@ def main() -> None:
         methods.append(f"lanczos {text}")
     # The per-example baselines run in the same precision as the Lanczos HVPs.
     model_b, x_b = copy.deepcopy(model).to(DTYPES[args.dtype]), x.to(DTYPES[args.dtype])
+    # Lanczos rows: --repeat rounds, the rows interleaved within a round (a shared machine's
+    # load then falls on all of them alike); the median wall time is reported.
+    outs: dict[str, dict] = {}
+    times: dict[str, list[float]] = {}
+    for _ in range(args.repeat):
+        for m in (m for m in methods if m.startswith("lanczos")):
+            outs[m] = runners[m](model, x, y, args, device)
+            times.setdefault(m, []).append(outs[m]["seconds"])
     rows = []
     for m in methods:
-        ours = m.startswith("lanczos")
-        rows.append(summarize(m, runners[m](model if ours else model_b, x if ours else x_b, y,
-                                            args, device), ref_max, ref_min))
+        if m in outs:
+            out = {**outs[m], "seconds": float(np.median(times[m]))}
+        else:  # the per-example baselines, once
+            out = runners[m](model_b, x_b, y, args, device)
+        rows.append(summarize(m, out, ref_max, ref_min, ref_bound, args.tol))
+        if m in times:
+            rows[-1]["seconds_all"] = [round(t, 3) for t in times[m]]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     by = {r["method"]: r for r in rows}
     speedup = ({k: round(by[k]["seconds"] / by["lanczos"]["seconds"], 2)
@@ -324,8 +380,9 @@ def main() -> None:
         "threads": torch.get_num_threads(), "n": len(y), "input_dim": n_dim,
         "tol": args.tol, "batch": args.batch, "dtype": args.dtype, "which": args.which,
         "torch": torch.__version__,
-        "reference": {"method": "float64 batched Lanczos, Ritz residual <= 1e-9",
+        "reference": {"method": "float64 batched Lanczos, error bound <= 1e-9",
                       "share_converged": float(ref.converged.float().mean()),
+                      "rel_bound_max": float(np.max(ref_bound / np.abs(ref_max))),
                       "lambda_max_median": float(np.median(ref_max)),
                       "lambda_min_median": float(np.median(ref_min)),
                       "share_negative_dominates": float(np.mean(np.abs(ref_min) > ref_max))},

@@ -36,15 +36,18 @@ def compute_spectra(model, x, y, *, batch: int, device, label: str, **options):
     with a progress bar; ``options`` go to :func:`curvtools.spectra.input_hessian_eigenvalues`.
 
     Returns a dict of numpy arrays: lambda_max, lambda_min, top_k [n, k], iterations, residual,
-    error_estimate, converged ([n] each).
+    error_estimate, converged, and the bounds (lambda_max_bound, lambda_max_upper,
+    lambda_min_bound, lambda_min_lower, error_bound, limited) ([n] each).
     """
     import numpy as np
 
     from curvtools.progress import advance, new_progress
     from curvtools.spectra import input_hessian_eigenvalues
 
-    parts: dict[str, list] = {k: [] for k in ("lambda_max", "lambda_min", "top_k", "iterations",
-                                              "residual", "error_estimate", "converged")}
+    parts: dict[str, list] = {k: [] for k in (
+        "lambda_max", "lambda_min", "top_k", "iterations", "residual", "error_estimate",
+        "converged", "lambda_max_bound", "lambda_max_upper", "lambda_min_bound",
+        "lambda_min_lower", "error_bound", "limited")}
     with new_progress(transient=True, stderr=True) as progress:
         task = progress.add_task(label, total=len(y), rate="")
         for lo in range(0, len(y), batch):
@@ -66,13 +69,13 @@ def hessian(
     function: str = typer.Option("ce", "--function", help="ce: cross-entropy at the true label; "
                                  "margin: true logit minus the largest other (runner-up fixed at "
                                  "the point)."),
-    tol: float = typer.Option(1e-3, "--tol", help="Relative accuracy at which an example "
-                              "counts as converged (judged by --stop)."),
-    stop: str = typer.Option("eigenvalue", "--stop", help="eigenvalue: stop when the estimated "
-                             "eigenvalue error min(r, r^2/gap) is at most tol/2; residual: "
-                             "when the relative Ritz residual r is at most tol (rigorous; "
-                             "1.1-1.4x the products in our CPU measurements)."),
-    check_every: int = typer.Option(2, "--check-every", help="Lanczos iterations between "
+    tol: float = typer.Option(1e-3, "--tol", help="Relative accuracy: an example counts as "
+                              "converged when its error bound is at most tol."),
+    stop: str = typer.Option("residual", "--stop", help="residual (default): stop when the "
+                             "error bound (residual plus rounding) is at most tol; eigenvalue: "
+                             "the former default, stop on the estimate min(r, r^2/gap) <= tol/2 "
+                             "(not a bound; converged still reports the bound)."),
+    check_every: int = typer.Option(1, "--check-every", help="Lanczos iterations between "
                                     "convergence checks (each check is one host sync)."),
     hvp_mode: str = typer.Option("rev-rev", "--hvp-mode", help="rev-rev: double backward on a "
                                  "gradient graph built once per batch; fwd-rev: torch.func jvp "
@@ -87,9 +90,9 @@ def hessian(
     plot: Path | None = typer.Option(None, "--plot", help="Save a histogram (a curve over "
                                      "epochs for a run directory) to this .png/.pdf/.svg."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
-    dtype: str = typer.Option("float64", "--dtype", help="float64 (per-example values to "
-                              "1e-3) or float32 (faster; ~1e-3 noise per HVP on confidently "
-                              "classified examples, fine for distributions)."),
+    dtype: str = typer.Option("float64", "--dtype", help="float64 (the default, as in the "
+                              "Python API) or float32 (faster; its products err by ~1e-6 "
+                              "relative with the float64 loss head)."),
     data_dir: str | None = typer.Option(None, "--data-dir", help="Dataset folder (default: the "
                                         "checkpoint's train_config data_dir)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the test subset and the Lanczos start "

@@ -20,6 +20,9 @@ from typing import Any
 from curvtools.fileio import json_safe, write_json_atomic, write_text_atomic
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+# per-example bounds of curvtools.spectra, written when present
+BOUND_KEYS = ("lambda_max_bound", "lambda_max_upper", "lambda_min_bound", "lambda_min_lower",
+              "error_bound", "limited")
 
 
 def quantile_key(q: float) -> str:
@@ -67,7 +70,9 @@ def spectra_records(indices, labels, spectra: dict) -> list[dict]:
              "iterations": int(spectra["iterations"][i]),
              "residual": float(spectra["residual"][i]),
              "error_estimate": float(spectra["error_estimate"][i]),
-             "converged": bool(spectra["converged"][i])} for i in range(len(indices))]
+             "converged": bool(spectra["converged"][i]),
+             **{key: (bool(spectra[key][i]) if key == "limited" else float(spectra[key][i]))
+                for key in BOUND_KEYS if key in spectra}} for i in range(len(indices))]
 
 
 def write_json(path: Path, payload: dict) -> None:

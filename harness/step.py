@@ -278,7 +278,11 @@ def evaluate_part(engine: Engine, batches, epoch: int, stream: int, prefix: str,
 def hessian_summary(net: nn.Module, batches, n: int) -> dict[str, float]:
     """Batch mean and median of the input-Hessian lambda_max on the first ``n`` images.
 
-    Uses ``curvtools.spectra.input_hessian_eigenvalues`` (fp32, eval mode).
+    Uses ``curvtools.spectra.input_hessian_eigenvalues`` (eval mode) with the settings these
+    logged numbers were always made with -- float32 products and loss, the ``"eigenvalue"``
+    estimate stop rule, a check every 2 steps, compaction at every check (the library's defaults
+    until 2026-12-06) -- so they stay bit-identical; batch means and medians need no per-image
+    bound.
     """
     from curvtools.spectra import input_hessian_eigenvalues
 
@@ -290,7 +294,9 @@ def hessian_summary(net: nn.Module, batches, n: int) -> dict[str, float]:
         if taken >= n:
             break
         x, y = x[: n - taken].contiguous(), y[: n - taken]
-        result = input_hessian_eigenvalues(net, x, y, which=("max",))
+        result = input_hessian_eigenvalues(net, x, y, which=("max",), dtype=torch.float32,
+                                           loss_dtype=torch.float32, stop="eigenvalue",
+                                           check_every=2, compact=True)
         values.append(result.lambda_max.detach().float().cpu())
         taken += len(y)
     net.train(was_training)

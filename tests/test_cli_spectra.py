@@ -63,7 +63,10 @@ def test_hessian_cli_writes_json_csv_plot_matching_the_library(run_dir, tmp_path
     np.testing.assert_allclose(got, direct.lambda_max.numpy(), rtol=1e-9)
     assert all(e["converged"] for e in body["examples"])
     assert all(0 <= e["error_estimate"] <= 1e-2 for e in body["examples"])
-    assert body["settings"]["stop"] == "eigenvalue" and body["settings"]["hvp_mode"] == "rev-rev"
+    assert body["settings"]["stop"] == "residual" and body["settings"]["hvp_mode"] == "rev-rev"
+    for e in body["examples"]:  # the bounds travel with every example
+        assert 0 <= e["lambda_max_bound"] <= 1e-2 * abs(e["lambda_max"])
+        assert e["lambda_max_upper"] >= e["lambda_max"] and e["limited"] is False
 
 
 def test_hessian_cli_on_a_run_directory_gives_lambda_max_per_checkpoint(run_dir, tmp_path,

@@ -278,3 +278,114 @@ def test_bad_stop_mode_and_check_arguments_raise_bad_input(kwargs):
     x, y = batch(1, dtype=torch.float32)
     with pytest.raises(BadInput):
         input_hessian_eigenvalues(model, x, y, **kwargs)
+
+
+# --- bounds, defaults and refused inputs --------------------------------------------------------
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu", "relu"])
+def test_reported_bounds_hold_against_the_dense_hessian(act):
+    # every example, converged or stopped early by the cap: the value is within its bound of
+    # an eigenvalue, lambda_max >= value, and a converged example is within tol of lambda_max
+    model = tiny_conv_net(act, seed=5)
+    x, y = batch(5, seed=6)
+    for max_iter in (3, 100):
+        res = input_hessian_eigenvalues(model, x, y, tol=1e-3, max_iter=max_iter)
+        for i in range(5):
+            ev = torch.linalg.eigvalsh(dense_hessian(model, x[i], y[i])).detach()
+            scale = float(ev.abs().max())
+            lam, bound = float(res.lambda_max[i]), float(res.lambda_max_bound[i])
+            assert float((ev - lam).abs().min()) <= bound + 1e-12 * scale
+            assert lam <= float(ev[-1]) + 1e-12 * scale
+            lo, lo_bound = float(res.lambda_min[i]), float(res.lambda_min_bound[i])
+            assert float((ev - lo).abs().min()) <= lo_bound + 1e-12 * scale
+            if bool(res.converged[i]):
+                assert float(ev[-1]) - lam <= 1e-3 * abs(lam) + 1e-12 * scale
+            assert float(res.lambda_max_upper[i]) >= lam
+        if max_iter == 100:
+            assert res.converged.all()
+        else:
+            assert not res.converged.all()  # 3 products: flagged, not claimed
+
+
+def test_defaults_are_float64_and_the_bound_rule_and_are_stated_in_the_settings():
+    model = tiny_conv_net("silu")
+    x, y = batch(2, dtype=torch.float32)
+    res = input_hessian_eigenvalues(model, x, y)
+    assert res.settings["dtype"] == "torch.float64" and res.settings["stop"] == "residual"
+    assert res.settings["check_every"] == 1
+    rec = res.records()[0]
+    for key in ("lambda_max_bound", "lambda_max_upper", "lambda_min_bound", "error_bound",
+                "converged", "limited"):
+        assert key in rec
+    import inspect
+
+    doc = inspect.getdoc(input_hessian_eigenvalues)
+    assert "float64 (the default" in doc
+
+
+@pytest.mark.parametrize(("images", "needle"), [
+    ((torch.rand(2, 2, 4, 4) * 255).to(torch.uint8), "dtype torch.uint8"),
+    ((torch.rand(2, 2, 4, 4) * 255).round().long(), "dtype torch.int64"),
+    (torch.rand(2, 2, 4, 4) * 255, "in [0, 1]"),
+    (torch.rand(2, 2, 4, 4) - 0.5, "in [0, 1]"),
+    (torch.full((2, 2, 4, 4), float("nan")), "in [0, 1]"),
+])
+def test_images_that_are_not_pixels_in_0_1_are_refused_with_one_line(images, needle):
+    model = tiny_conv_net("silu")
+    y = torch.tensor([0, 1])
+    for call in (lambda: input_hessian_eigenvalues(model, images, y),
+                 lambda: batched_input_hvp(model, images, y)):
+        with pytest.raises(BadInput) as err:
+            call()
+        message = str(err.value)
+        assert needle in message and "\n" not in message
+
+
+def test_float_labels_are_refused():
+    model = tiny_conv_net("silu")
+    x, _ = batch(2)
+    with pytest.raises(BadInput, match="labels"):
+        input_hessian_eigenvalues(model, x, torch.tensor([0.0, 1.0]))
+
+
+def test_uint8_images_were_silently_wrong_and_their_float_version_is_not():
+    # the regression: uint8 pixels read as 0..255 saturate the net (Hessian ~1e-14)
+    model = tiny_conv_net("silu")
+    x, y = batch(2, dtype=torch.float32)
+    as_uint8 = (x * 255).round().to(torch.uint8)
+    res = input_hessian_eigenvalues(model, as_uint8.float() / 255, y, dtype=F64)
+    assert (res.lambda_max.abs() > 1e-6).all()
+
+
+def test_the_float64_loss_head_keeps_float32_products_accurate_on_confident_examples():
+    # The regression: with the loss in float32, p_y - 1 and p_y (1 - p_y) cancel when p_y rounds
+    # towards 1 -- 2.9e-3 relative error at 1 - p_y ~ 3e-5 here, 9e-2 at 1e-6 -- and no float32
+    # Lanczos could honestly reach tol 1e-3; with the float64 head it is ~3e-7.
+    model = tiny_conv_net("silu")
+    with torch.no_grad():
+        model[-1].weight.mul_(10)
+        model[-1].bias.zero_()
+        model[-1].bias[0] = 12.0
+    x, _ = batch(6, dtype=torch.float32)
+    y = torch.zeros(6, dtype=torch.long)
+    with torch.no_grad():
+        assert (1 - torch.softmax(model(x).double(), 1)[:, 0]).max() < 1e-4  # confident
+    v = torch.randn(6, 32, dtype=F64, generator=torch.Generator().manual_seed(0))
+    exact = batched_input_hvp(model, x, y, dtype=F64, hvp_mode="rev-rev")(v)
+
+    def error(**kw):
+        h = batched_input_hvp(model, x, y, dtype=torch.float32, hvp_mode="rev-rev", **kw)
+        return float(((h(v.float()).double() - exact).norm(dim=1) / exact.norm(dim=1)).max())
+
+    assert error() < 2e-6
+    assert error(loss_dtype=torch.float32) > 5e-4
+    res = input_hessian_eigenvalues(model, x, y, dtype=torch.float32)
+    ref = input_hessian_eigenvalues(model, x, y, tol=1e-9)
+    assert res.converged.all()
+    assert ((res.lambda_max - ref.lambda_max).abs() <= res.lambda_max_bound).all()
+    legacy = input_hessian_eigenvalues(model, x, y, dtype=torch.float32,
+                                       loss_dtype=torch.float32)
+    assert not legacy.converged.any()  # its estimated rounding says so: no claim of tol
+    # a float32 loss rounds like float32 even on float64 products
+    assert not input_hessian_eigenvalues(model, x, y, loss_dtype=torch.float32).converged.any()
