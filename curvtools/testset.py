@@ -27,12 +27,14 @@ def load_test_images(ckpt: dict[str, Any], n: int, seed: int, data_dir: str | No
 
     from harness.data import stratified_subset
     from harness.datasets import open_source
+    from harness.eval_checkpoint import run_data_settings
 
     train_config = ckpt.get("train_config") or {}
     if "dataset" not in train_config:
         raise BadInput("the checkpoint has no train_config['dataset']: cannot tell which test "
                        "images to use")
-    source = open_source(train_config["dataset"], data_dir or train_config.get("data_dir", "data"))
+    run = run_data_settings(train_config)  # the one check of a file's data settings
+    source = open_source(run["dataset"], data_dir or run["data_dir"], run["download"])
     labels = source.labels("test")
     everything = np.arange(len(labels), dtype=np.int64)
     if n >= len(labels):

@@ -306,6 +306,9 @@ def _validate(c: TrainConfig) -> None:
     _need(isinstance(c.dataset, str) and c.dataset.strip() != "",
           f"dataset={shown(c.dataset)} must be a name ({help_text()})")
     check_spec(c.dataset)  # the form only: a typo fails at once, even in a sweep's dry run
+    _need(isinstance(c.data_dir, str) and c.data_dir.strip() != "",
+          f"data_dir={shown(c.data_dir)} must be a folder path, not {_kind(c.data_dir)}")
+    _need_bool(c, "download")
     _need_number(c, "val_fraction", lambda v: 0 < v < 1, "in (0, 1) (the paper: 0.1)")
     for name in ("split_seed", "seed"):
         value = getattr(c, name)

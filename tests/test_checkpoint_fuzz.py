@@ -210,3 +210,17 @@ def test_a_pickled_object_in_any_entry_never_runs(run, tmp_path):
     with pytest.raises(BadInput, match="pickled code"):
         load_model(tmp_path / "p.pt")
     assert not marker.exists()
+
+
+def test_regression_a_null_data_dir_in_a_checkpoint_is_one_line_everywhere(run, tmp_path):
+    """Found by the fuzz above: ``train_config.data_dir = None`` crashed ``curvtools hessian``
+    (``Path(None)``) and ``--resume`` (a config that validation let through)."""
+    from curvtools.testset import load_test_images
+    from harness.config import TrainConfig
+
+    with pytest.raises(BadInput, match=r"data_dir=None must be a folder path, not null"):
+        TrainConfig.from_dict({"dataset": "digits", "data_dir": None})
+    payload = load_checkpoint(run / "last.pt")
+    payload["train_config"]["data_dir"] = None  # the one checked rule reads it as "data"
+    x, y, _ = load_test_images(payload, 10, 0, None)
+    assert x.shape[0] == 10 and y.shape == (10,)
