@@ -79,7 +79,7 @@ def one_config(name: str, size: dict[str, Any], threads: int) -> dict[str, Any]:
     engine, cl = build_engine(device="cpu", width=size["width"], batch_size=128,
                               precision="bf16", channels_last=settings.get("channels_last", False),
                               compile=settings.get("compile", False), attack_steps=5,
-                              act="silu")
+                              eval_steps=5, act="silu")
 
     def part(lo: int, hi: int, batch: int, drop_last: bool = False):
         return DeviceBatches(images[lo:hi], labels[lo:hi], "cpu", batch_size=batch,

@@ -64,6 +64,7 @@ def _cifar_model_config(width: float, act: str = "relu") -> dict[str, Any]:
 def build_engine(*, device: str | torch.device, width: float, batch_size: int = 128,
                  precision: str = "auto", channels_last: bool | None = None,
                  compile: bool | str = False, attack_steps: int = 10, act: str = "relu",
+                 eval_steps: int = 10,
                  seed: int = 0, cuda_graphs: bool | None = None):
     """The ``harness.train.Engine`` that ``harness train`` would build for these settings.
 
@@ -80,7 +81,7 @@ def build_engine(*, device: str | torch.device, width: float, batch_size: int = 
         "dataset": "cifar10", "width": width, "batch_size": batch_size, "precision": precision,
         "channels_last": channels_last, "compile": bool(compile),
         "compile_mode": compile if isinstance(compile, str) else "default",
-        "train_steps": attack_steps,
+        "train_steps": attack_steps, "eval_steps": eval_steps,
         "act": act, "seed": seed, "device": str(device), "download": False,
         "cuda_graphs": cuda_graphs})
     dev = resolve_device(cfg.device)
